@@ -1,0 +1,49 @@
+"""Shared fixtures: one real redis-server for the session, a fresh replay per test."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from common.codec import Chunk
+from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def replay_factory(redis_server):
+    """Make replay clients on a fresh run prefix (same prefix for every call within a test)."""
+    run_name = f"test-{uuid.uuid4().hex[:8]}"
+    clients = []
+
+    def make(**overrides) -> ReplayClient:
+        client = ReplayClient(redis_server.url, ReplayConfig(run_name=run_name, **overrides))
+        clients.append(client)
+        return client
+
+    yield make
+    if clients:
+        clients[0].clear()
+
+
+def synthetic_chunk(num_steps: int = 8, size: int = 8, action_dim: int = 3, first_step: int = 0,
+                    episode_id: str = "ep-0", actor_id: int = 0) -> Chunk:
+    """A chunk whose frames, masks, actions and rewards all encode the global step index,
+    so that any misalignment in storage or sampling shows up as a wrong number."""
+    steps = np.arange(first_step, first_step + num_steps + 1)
+    frames = np.broadcast_to((steps % 256).astype(np.uint8)[:, None, None, None], (num_steps + 1, size, size, 3))
+    masks = np.broadcast_to((steps % 2).astype(np.uint8)[:, None, None], (num_steps + 1, size, size))
+    actions = np.repeat(steps[:-1, None].astype(np.float32), action_dim, axis=1)
+    return Chunk(
+        env_id="Synthetic-v0", actor_id=actor_id, episode_id=episode_id, start_step=first_step,
+        frames=frames.copy(), masks=masks.copy(), actions=actions,
+        rewards=steps[:-1].astype(np.float32), terminated=np.zeros(num_steps, bool),
+        truncated=np.zeros(num_steps, bool), states=np.repeat(steps[:, None], 4, axis=1).astype(np.float32),
+        bg_velocity=np.stack([steps[:-1], -steps[:-1]], axis=1).astype(np.float32))
