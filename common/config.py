@@ -23,8 +23,9 @@ T = TypeVar("T")
 _SECRET_FIELDS = ("redis_url",)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(field: dataclasses.Field) -> str:
+    """`--kebab-case` of the field name, or of `metadata["flag"]` where the design names the flag."""
+    return "--" + field.metadata.get("flag", field.name).replace("_", "-")
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -68,11 +69,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults
         help_text = field.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         if tp is bool:
-            parser.add_argument(_flag(field.name), dest=field.name, default=default,
+            parser.add_argument(_flag(field), dest=field.name, default=default,
                                 action=argparse.BooleanOptionalAction, help=help_text)
             continue
         choices = list(get_args(tp)) if get_origin(tp) is Literal else None
-        parser.add_argument(_flag(field.name), dest=field.name, default=default,
+        parser.add_argument(_flag(field), dest=field.name, default=default,
                             type=_parser_for(tp, optional), choices=choices, help=help_text)
 
 

@@ -21,7 +21,7 @@ Split = Literal["train", "eval"]
 class EnvConfig:
     """Which task is rendered, how, and behind which distractor."""
 
-    env_id: str = field(default="HalfCheetah-v5", metadata={"help": "Gymnasium MuJoCo v5 task"})
+    env_id: str = field(default="HalfCheetah-v5", metadata={"help": "Gymnasium MuJoCo v5 task", "flag": "env"})
     image_size: int = field(default=64, metadata={"help": "side of the frames the models see (pixels)"})
     render_size: int = field(default=64, metadata={"help": "side MuJoCo renders at; area-downsampled to image_size"})
     action_repeat: int = field(default=0, metadata={"help": "env steps per decision; 0 = the task's default"})

@@ -2,8 +2,8 @@
 
 from common.replay.client import ReplayClient, ReplayConfig, ReplayKeys, ReplayStats, TransitionWindows, connect
 from common.replay.rate_limiter import RateLimiter, RateLimiterConfig, RateLimiterTimeout
-from common.replay.redis_server import EmbeddedRedis, RedisServerNotFound, find_redis_server
+from common.replay.redis_server import EmbeddedRedis, RedisServerNotFound, find_redis_server, redis_url_or_embedded
 
 __all__ = ["ReplayClient", "ReplayConfig", "ReplayKeys", "ReplayStats", "TransitionWindows", "connect",
            "RateLimiter", "RateLimiterConfig", "RateLimiterTimeout", "EmbeddedRedis", "RedisServerNotFound",
-           "find_redis_server"]
+           "find_redis_server", "redis_url_or_embedded"]

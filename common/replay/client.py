@@ -36,11 +36,16 @@ _PICK_SCRIPT = """
 local out = {}
 if redis.call('ZCARD', KEYS[1]) == 0 then return out end
 local window = tonumber(ARGV[1])
-for _, id in ipairs(redis.call('ZRANDMEMBER', KEYS[1], -tonumber(ARGV[2]))) do
-  local info = redis.call('HGET', KEYS[2], id)
-  if info and tonumber(string.match(info, '^(%d+):')) + 1 >= window then
-    table.insert(out, id)
-    table.insert(out, info)
+local wanted = tonumber(ARGV[2])
+for attempt = 1, 16 do
+  local need = wanted - #out / 2
+  if need == 0 then break end
+  for _, id in ipairs(redis.call('ZRANDMEMBER', KEYS[1], -need)) do
+    local info = redis.call('HGET', KEYS[2], id)
+    if info and tonumber(string.match(info, '^(%d+):')) + 1 >= window then
+      table.insert(out, id)
+      table.insert(out, info)
+    end
   end
 end
 return out
@@ -307,6 +312,11 @@ class ReplayClient:
         if len(self._meta_cache) >= self.config.capacity_chunks:
             self._meta_cache.pop(next(iter(self._meta_cache)))
         self._meta_cache[chunk_id] = decoded
+
+    def chunk_ids_after(self, last_id: int, limit: int = 1000) -> list[int]:
+        """Ids of stored chunks newer than `last_id`, oldest first (to drain a run to disk)."""
+        ids = self.redis.zrangebyscore(self.keys.order, f"({last_id}", "+inf", start=0, num=limit)
+        return [int(i) for i in ids]
 
     def get_chunk_blob(self, chunk_id: int) -> bytes | None:
         """The whole stored blob of one chunk (for the segmenter and datasets)."""

@@ -7,6 +7,7 @@ is stopped on context exit, at interpreter exit, or when the object is collected
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -133,3 +135,17 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+REDIS_URL_ENV = "MASKLAM_REDIS_URL"
+
+
+@contextlib.contextmanager
+def redis_url_or_embedded(url: str | None, **embedded_options) -> Iterator[str]:
+    """Yield the Redis URL to use: `url`, else $MASKLAM_REDIS_URL, else a private embedded server."""
+    url = url or os.environ.get(REDIS_URL_ENV)
+    if url:
+        yield url
+        return
+    with EmbeddedRedis(**embedded_options) as server:
+        yield server.url

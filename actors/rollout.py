@@ -1,0 +1,171 @@
+"""The rollout actor: steps a few distractor envs with a behaviour policy, writes chunks.
+
+`RolloutWorker` is a plain class (testable without Ray); `RolloutActor` is the same
+class as a Ray actor, and `start_rollout_actors` places N of them on the cluster. Each
+env accumulates its own chunk of up to `chunk_length` steps; a chunk is cut when full
+or when the episode ends, and always carries the frame after its last step, so the
+next chunk of the same episode starts with that frame again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import ray
+
+from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy
+from common.codec import Chunk
+from common.envs import EnvConfig, Observation, StepResult, make_env
+from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
+
+
+@dataclass
+class ActorConfig:
+    """How each rollout actor collects."""
+
+    envs_per_actor: int = field(default=1, metadata={"help": "envs stepped by each actor"})
+    chunk_length: int = field(default=32, metadata={"help": "steps per chunk (T); T+1 frames"})
+    policy: Literal["random"] = field(default="random", metadata={"help": "behaviour policy"})
+    action_correlation: float = field(default=0.8, metadata={"help": "AR(1) correlation of random actions (0 = iid)"})
+    split: Literal["train", "eval"] = field(default="train", metadata={"help": "background split the actors use"})
+    segment: bool = field(default=False, metadata={"help": "send chunks to the segmenter instead of using ground-truth masks"})
+    seed: int = field(default=0, metadata={"help": "base seed of envs and policies"})
+
+
+@dataclass
+class RolloutReport:
+    """What one `collect` call did."""
+
+    actor_id: int
+    env_steps: int = 0
+    chunks: int = 0
+    chunk_steps: int = 0
+    episodes: int = 0
+    seconds: float = 0.0
+    insert_wait_s: float = 0.0
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.env_steps / self.seconds if self.seconds > 0 else 0.0
+
+
+class _ChunkBuffer:
+    """The growing chunk of one env."""
+
+    def __init__(self, first: Observation):
+        self.observations = [first]
+        self.steps: list[tuple[np.ndarray, StepResult]] = []
+
+    def add(self, action: np.ndarray, result: StepResult) -> None:
+        self.steps.append((action, result))
+        self.observations.append(result.observation)
+
+    def to_chunk(self, env_id: str, actor_id: int, episode_id: str, start_step: int, split: str,
+                 policy_version: int) -> Chunk:
+        results = [r for _, r in self.steps]
+        return Chunk(
+            env_id=env_id, actor_id=actor_id, episode_id=episode_id, start_step=start_step, split=split,
+            policy_version=policy_version,
+            frames=np.stack([o.frame for o in self.observations]),
+            masks=np.stack([o.mask for o in self.observations]),
+            states=np.stack([o.state for o in self.observations]).astype(np.float32),
+            actions=np.stack([a for a, _ in self.steps]).astype(np.float32),
+            rewards=np.array([r.reward for r in results], dtype=np.float32),
+            terminated=np.array([r.terminated for r in results], dtype=bool),
+            truncated=np.array([r.truncated for r in results], dtype=bool),
+            bg_velocity=np.stack([r.bg_velocity for r in results]).astype(np.float32),
+        )
+
+
+def env_seed(base_seed: int, actor_id: int, env_index: int) -> int:
+    """A distinct, reproducible seed per (run seed, actor, env)."""
+    return int(np.random.SeedSequence([base_seed, actor_id, env_index]).generate_state(1)[0])
+
+
+class RolloutWorker:
+    def __init__(self, actor_id: int, env_config: EnvConfig, actor_config: ActorConfig, replay_url: str,
+                 replay_config: ReplayConfig, limiter_config: RateLimiterConfig | None = None):
+        self.actor_id = actor_id
+        self.env_config = env_config
+        self.config = actor_config
+        self.replay = ReplayClient(replay_url, replay_config)
+        self.limiter = RateLimiter(self.replay, limiter_config) if limiter_config else None
+        self.envs = [make_env(env_config, env_seed(actor_config.seed, actor_id, i), actor_config.split)
+                     for i in range(actor_config.envs_per_actor)]
+        rng = np.random.default_rng([actor_config.seed, actor_id])
+        self.policy: BehaviourPolicy = CorrelatedRandomPolicy(len(self.envs), self.envs[0].action_dim, rng,
+                                                              correlation=actor_config.action_correlation)
+        self.policy_version = 0
+        self.episode_counts = [0] * len(self.envs)
+        self.episode_steps = [0] * len(self.envs)
+        self.chunk_starts = [0] * len(self.envs)
+        self.buffers = [self._start_episode(i) for i in range(len(self.envs))]
+
+    def _start_episode(self, index: int) -> _ChunkBuffer:
+        self.policy.reset(index)
+        self.episode_steps[index] = 0
+        self.chunk_starts[index] = 0
+        return _ChunkBuffer(self.envs[index].reset())
+
+    def _episode_id(self, index: int) -> str:
+        return f"{self.config.split}-a{self.actor_id}-e{index}-{self.episode_counts[index]}"
+
+    def _flush(self, index: int, report: RolloutReport) -> None:
+        buffer = self.buffers[index]
+        if not buffer.steps:
+            return
+        chunk = buffer.to_chunk(self.env_config.env_id, self.actor_id, self._episode_id(index),
+                                self.chunk_starts[index], self.config.split, self.policy_version)
+        if self.limiter is not None:
+            report.insert_wait_s += self.limiter.await_insert(chunk.num_steps)
+        self.replay.insert(chunk, segment=self.config.segment)
+        report.chunks += 1
+        report.chunk_steps += chunk.num_steps
+        self.chunk_starts[index] = self.episode_steps[index]
+        self.buffers[index] = _ChunkBuffer(buffer.observations[-1])
+
+    def collect(self, num_steps: int) -> RolloutReport:
+        """Step the envs round-robin for `num_steps` decisions in total, writing every chunk.
+
+        Partial chunks are written at the end, so every step taken is stored exactly once.
+        """
+        report = RolloutReport(actor_id=self.actor_id)
+        start = time.perf_counter()
+        while report.env_steps < num_steps:
+            actions = self.policy.act([b.observations[-1] for b in self.buffers])
+            for i, env in enumerate(self.envs):
+                if report.env_steps >= num_steps:
+                    break
+                result = env.step(actions[i])
+                self.buffers[i].add(actions[i], result)
+                self.episode_steps[i] += 1
+                report.env_steps += 1
+                if result.terminated or result.truncated:
+                    self._flush(i, report)
+                    self.episode_counts[i] += 1
+                    report.episodes += 1
+                    self.buffers[i] = self._start_episode(i)
+                elif len(self.buffers[i].steps) >= self.config.chunk_length:
+                    self._flush(i, report)
+        for i in range(len(self.envs)):
+            self._flush(i, report)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+RolloutActor = ray.remote(RolloutWorker)
+
+
+def start_rollout_actors(num_actors: int, env_config: EnvConfig, actor_config: ActorConfig, replay_url: str,
+                         replay_config: ReplayConfig, limiter_config: RateLimiterConfig | None = None,
+                         max_restarts: int = 3) -> list:
+    """Start `num_actors` rollout actors, one CPU each, restartable."""
+    return [RolloutActor.options(num_cpus=1, max_restarts=max_restarts).remote(
+        i, env_config, actor_config, replay_url, replay_config, limiter_config) for i in range(num_actors)]

@@ -1,0 +1,27 @@
+"""Starting or joining Ray: one code path for a laptop and a cluster."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Every Ray worker renders headless and shares the cores with many others.
+WORKER_ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1", "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "")}
+
+
+def init_ray(address: str | None = None, logical_cpus: int = 0) -> None:
+    """Join the cluster at `address` ("auto" on a `ray up` head), or start a local Ray.
+
+    Locally, `logical_cpus` lets more one-CPU actors than cores be scheduled: they then
+    share the cores, which is slow but works (e.g. 64 actors on a 2-core laptop).
+    """
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in WORKER_ENV.items() if v}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    ray.init(num_cpus=max(os.cpu_count() or 1, logical_cpus), include_dashboard=False,
+             runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True, logging_level="warning")
