@@ -32,7 +32,7 @@ class CollectConfig:
     """Collect distractor rollouts with Ray actors into the Redis replay."""
 
     num_actors: int = field(default=2, metadata={"help": "rollout actors (one CPU each)"})
-    total_env_steps: int = field(default=2_000, metadata={"help": "decisions to collect over all actors"})
+    total_env_steps: int = field(default=10_000, metadata={"help": "decisions to collect over all actors"})
     out: str = field(default="runs/collect", metadata={"help": "folder for summary.json, config.json (and the dataset)"})
     save_dataset: bool = field(default=False, metadata={"help": "also write every chunk to OUT/chunks.bin"})
     redis_url: str | None = field(default=None, metadata={"help": "Redis URL with credentials; default: $MASKLAM_REDIS_URL or a private embedded server"})
@@ -118,7 +118,7 @@ def _summary(config: CollectConfig, reports: list[RolloutReport], stats, wall_s:
 
 
 def print_summary(summary: dict) -> None:
-    rows = [("env", summary["env"]["env_id"] + f" / {summary['env']['distractor']}"),
+    rows = [("env", f"{summary['env']['env_id']} / {summary['env']['distractor']['mode']} distractor"),
             ("actors", summary["num_actors"]), ("env steps", summary["env_steps"]),
             ("chunks", summary["chunks_inserted"]), ("episodes", summary["episodes"]),
             ("wall time", f"{summary['wall_seconds']:.1f} s"), ("steps/s (all actors)", f"{summary['steps_per_s']:.1f}"),

@@ -23,11 +23,11 @@ class Progress:
         self.last_print = now
         elapsed = now - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 and self.total else float("nan")
+        eta = f"{(self.total - done) / rate:,.0f}s" if rate > 0 and self.total else "--"
         pct = 100.0 * done / self.total if self.total else 0.0
         extra = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in extras.items())
         line = (f"{self.label} {done:,.0f}/{self.total:,.0f} {self.unit} ({pct:5.1f}%) "
-                f"{rate:,.1f} {self.unit}/s ETA {eta:,.0f}s" + (f" | {extra}" if extra else ""))
+                f"{rate:,.1f} {self.unit}/s ETA {eta}" + (f" | {extra}" if extra else ""))
         if self.live:
             self.stream.write("\r\033[K" + line)
         else:
