@@ -7,6 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
+import common.envs  # noqa: F401  (first: sets MUJOCO_GL before any test imports mujoco)
 from common.codec import Chunk
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 

@@ -29,6 +29,7 @@ class EnvConfig:
     distractor: DistractorMode = field(default="correlated", metadata={"help": "background distractor mode"})
     rho: float = field(default=0.5, metadata={"help": "action correlation of the background motion (correlated mode)"})
     background_dir: str | None = field(default=None, metadata={"help": "folder of images or clip sub-folders used as background content"})
+    bg_speed: float = field(default=2.0, metadata={"help": "std of the background's velocity per axis (image pixels per decision; exogenous/correlated)"})
     ground_alpha: float = field(default=0.3, metadata={"help": "opacity of the floor over the background"})
     camera_shake: float = field(default=0.0, metadata={"help": "camera random-walk scale (0 = off)"})
     color_drift: float = field(default=0.0, metadata={"help": "background colour random-walk scale (0 = off)"})
