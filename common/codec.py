@@ -91,21 +91,7 @@ class ChunkLayout:
 
     num_steps: int
     frame_shape: tuple[int, int, int]
-    action_dim: int
     offsets: dict[str, int]
-    blob_bytes: int
-
-    def to_msgpack(self) -> bytes:
-        return msgpack.packb([self.num_steps, list(self.frame_shape), self.action_dim, self.offsets, self.blob_bytes])
-
-    @classmethod
-    def from_msgpack(cls, data: bytes) -> "ChunkLayout":
-        try:
-            steps, shape, action_dim, offsets, size = msgpack.unpackb(data, strict_map_key=True)
-            return cls(int(steps), tuple(int(s) for s in shape), int(action_dim),
-                       {str(k): int(v) for k, v in offsets.items()}, int(size))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise ChunkDecodeError(f"chunk layout record is malformed ({exc}); the replay entry is corrupt") from exc
 
 
 def _bin_prefix_len(nbytes: int) -> int:
@@ -130,7 +116,7 @@ def encode_chunk(chunk: Chunk) -> tuple[bytes, ChunkLayout]:
         position += len(parts[-1])
     blob = b"".join(parts)
     frames = arrays["frames"]
-    layout = ChunkLayout(chunk.num_steps, tuple(frames.shape[1:]), int(arrays["actions"].shape[1]), offsets, len(blob))
+    layout = ChunkLayout(chunk.num_steps, tuple(frames.shape[1:]), offsets)
     return blob, layout
 
 
