@@ -54,6 +54,7 @@ class TaskView:
     distance: float  # camera distance from the agent's centre of mass (m)
     elevation: float  # degrees, negative looks down
     lift: float  # metres the view is raised above the centre of mass (tall agents)
+    track_body: str = "torso"  # the body whose subtree the camera follows
 
 
 TASK_VIEWS: dict[str, TaskView] = {
@@ -62,6 +63,8 @@ TASK_VIEWS: dict[str, TaskView] = {
     "Walker2d-v5": TaskView(action_repeat=2, distance=1.8, elevation=-10.0, lift=0.2),
     "Humanoid-v5": TaskView(action_repeat=2, distance=2.0, elevation=-10.0, lift=0.0),
     "Ant-v5": TaskView(action_repeat=1, distance=2.6, elevation=-20.0, lift=0.0),
+    # A small, fast task for tests of the RL code (the expert trainer reaches its maximum quickly).
+    "InvertedPendulum-v5": TaskView(action_repeat=1, distance=2.0, elevation=-10.0, lift=0.0, track_body="cart"),
 }
 
 
@@ -119,7 +122,7 @@ class PixelMujocoEnv:
 
         self.camera = mujoco.MjvCamera()
         self.camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
-        self.camera.trackbodyid = self.model.body("torso").id  # looks at the torso subtree's centre of mass
+        self.camera.trackbodyid = self.model.body(self.view.track_body).id  # follows that subtree's centre of mass
         self.camera.distance = self.view.distance
         self.camera.elevation = self.view.elevation
         self.camera.azimuth = 90.0  # side view: the agent moves left to right

@@ -1,0 +1,1 @@
+"""Off-policy actor-critic (SAC), shared by the state-based experts and latent-policy RL."""
