@@ -92,8 +92,7 @@ def dataclass_from_args(cls: type[T], namespace: argparse.Namespace) -> T:
 
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
     """Parse a command line straight into dataclass `cls`."""
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
     add_dataclass_arguments(parser, cls)
     return dataclass_from_args(cls, parser.parse_args(argv))
 

@@ -9,6 +9,8 @@ Keys, all under one run prefix so runs never collide:
     <run>:order        zset of every stored chunk by id (FIFO eviction order)
     <run>:ready        zset of chunks with masks (sampled uniformly)
     <run>:to-segment   stream of chunk ids waiting for the segmenter
+    <run>:dead-letter  capped list of entries the segmenter moved aside (JSON records)
+    <run>:segmenter-stats  hash of the segmenter's run-wide counters
     <run>:stats        hash of counters (see `ReplayStats`)
     <run>:next-id      chunk id counter
 
@@ -166,6 +168,7 @@ class ReplayKeys:
         self.meta, self.size, self.info = p + "meta", p + "size", p + "info"
         self.order, self.ready, self.stats = p + "order", p + "ready", p + "stats"
         self.to_segment, self.next_id = p + "to-segment", p + "next-id"
+        self.dead_letter, self.segmenter_stats = p + "dead-letter", p + "segmenter-stats"
 
     def chunk(self, chunk_id: int | str) -> str:
         return f"{self.prefix}chunk:{chunk_id}"

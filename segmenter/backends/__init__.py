@@ -1,0 +1,30 @@
+"""Mask backends: `oracle` (ground truth), `sam` (Segment Anything), `student` (learned online)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from segmenter.backends.base import Backend, resolve_device
+from segmenter.backends.oracle import OracleBackend
+from segmenter.backends.sam import SamBackend
+from segmenter.backends.student import StudentBackend
+
+if TYPE_CHECKING:
+    from segmenter.config import SegmenterConfig
+
+
+def make_backend(config: "SegmenterConfig", device: torch.device) -> Backend:
+    """The configured backend (the student's teacher is built from the same config)."""
+    if config.backend == "oracle":
+        return OracleBackend()
+    if config.backend == "sam":
+        return SamBackend(config.sam, device)
+    if config.backend == "student":
+        teacher = SamBackend(config.sam, device) if config.student.student_teacher == "sam" else OracleBackend()
+        return StudentBackend(config.student, teacher, device, seed=config.seed)
+    raise ValueError(f"unknown segmenter backend {config.backend!r}; expected oracle, sam or student")
+
+
+__all__ = ["Backend", "OracleBackend", "SamBackend", "StudentBackend", "make_backend", "resolve_device"]

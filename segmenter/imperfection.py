@@ -1,0 +1,61 @@
+"""Deliberately imperfect masks, for experiments on how much mask quality matters.
+
+Two knobs, applied to the served masks after the backend:
+  * `mask_radius`: dilate (> 0) or erode (< 0) every mask by that many pixels with a
+    square structuring element (a max-pool; scipy is not a dependency);
+  * `mask_dropout`: each frame's mask is dropped with this probability. A dropped mask
+    becomes all ones, meaning "no mask information": MaskLAM's loss averaged over an
+    all-ones mask is exactly LAPO's full-frame loss, so the learner degrades gracefully
+    instead of being told the agent is nowhere (an empty mask would zero the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ImperfectionConfig:
+    """Knobs that degrade the served masks."""
+
+    mask_radius: int = field(default=0, metadata={"help": "dilate (>0) or erode (<0) masks by this many pixels"})
+    mask_dropout: float = field(default=0.0, metadata={
+        "help": "probability that a frame's mask is dropped (served as all ones = no mask information)"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_dropout <= 1.0:
+            raise ValueError(f"mask_dropout must be in [0, 1], got {self.mask_dropout}")
+
+
+def morph(masks: np.ndarray, radius: int) -> np.ndarray:
+    """Dilate (radius > 0) or erode (radius < 0) uint8 masks (N, H, W) with a (2r+1)^2 square."""
+    if radius == 0:
+        return masks
+    r = abs(radius)
+    x = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
+    if radius > 0:
+        x = F.max_pool2d(x, 2 * r + 1, stride=1, padding=r)
+    else:  # erosion = complement of the dilated complement; outside the frame counts as background
+        x = 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), 2 * r + 1, stride=1)
+    return x[:, 0].numpy().astype(np.uint8)
+
+
+class Imperfection:
+    """Applies the knobs with its own seeded generator (reproducible per instance)."""
+
+    def __init__(self, config: ImperfectionConfig, seed: int):
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def apply(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The degraded masks and a bool per frame saying which were dropped."""
+        masks = morph(masks, self.config.mask_radius)
+        dropped = self.rng.random(len(masks)) < self.config.mask_dropout
+        if dropped.any():
+            masks = masks.copy()
+            masks[dropped] = 1
+        return masks, dropped

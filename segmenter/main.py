@@ -1,0 +1,73 @@
+"""`python -m segmenter.main`: one segmenter instance as a plain process (outside Ray).
+
+It joins a running replay (`--redis-url`, else $MASKLAM_REDIS_URL: a segmenter has
+nothing to do on a private empty Redis), serves Prometheus metrics on `--metrics-port`
+(0 = off), and runs until `--max-seconds`, until the stream is empty with
+`--stop-when-idle`, or until SIGTERM/SIGINT (it then finishes its open batch). With
+`--out DIR` it writes the resolved config (without the Redis password) and, at the
+end, `summary.json`. Start several to share the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import parse_config, save_resolved_config
+from common.metrics import Metrics
+from common.replay import ReplayConfig
+from common.replay.redis_server import REDIS_URL_ENV
+from segmenter.config import SegmenterConfig
+from segmenter.service import SegmenterService
+
+log = logging.getLogger("segmenter")
+
+
+@dataclass
+class SegmenterMainConfig:
+    """Run one segmenter instance against a run's replay."""
+
+    redis_url: str | None = field(default=None, metadata={
+        "help": f"redis:// URL of the replay (with credentials); default ${REDIS_URL_ENV}"})
+    run_name: str = field(default="masklam", metadata={"help": "key prefix of the run in Redis"})
+    metrics_port: int = field(default=0, metadata={"help": "serve Prometheus metrics on this port (0 = off)"})
+    max_seconds: float | None = field(default=None, metadata={"help": "stop after this many seconds"})
+    stop_when_idle: bool = field(default=False, metadata={"help": "stop once the to-segment stream is empty"})
+    out: str | None = field(default=None, metadata={"help": "folder for config.json and summary.json"})
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = parse_config(SegmenterMainConfig, argv)
+    url = config.redis_url or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        print(f"segmenter: no replay to serve: pass --redis-url or set {REDIS_URL_ENV} "
+              "(the URL of the run's Redis, e.g. redis://:PASSWORD@host:6379/0)", file=sys.stderr)
+        return 2
+    if config.out:
+        save_resolved_config(config, config.out)
+    metrics = Metrics("prometheus")
+    service = SegmenterService(config.segmenter, url, ReplayConfig(run_name=config.run_name), metrics=metrics)
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: service.stop())
+    log.info("consumer %s serving run %r with the %s backend", service.consumer, config.run_name,
+             config.segmenter.backend)
+    summary = service.run(config.max_seconds, config.stop_when_idle)
+    service.close()
+    text = json.dumps(summary, indent=2, default=str)
+    if config.out:
+        Path(config.out, "summary.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
