@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy
+from common import metrics as m
 from common.codec import Chunk
 from common.envs import EnvConfig, Observation, StepResult, make_env
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
@@ -87,11 +88,13 @@ def env_seed(base_seed: int, actor_id: int, env_index: int) -> int:
 
 class RolloutWorker:
     def __init__(self, actor_id: int, env_config: EnvConfig, actor_config: ActorConfig, replay_url: str,
-                 replay_config: ReplayConfig, limiter_config: RateLimiterConfig | None = None):
+                 replay_config: ReplayConfig, limiter_config: RateLimiterConfig | None = None,
+                 metrics: m.Metrics | None = None):
         self.actor_id = actor_id
         self.env_config = env_config
         self.config = actor_config
         self.replay = ReplayClient(replay_url, replay_config)
+        self.metrics = metrics or m.Metrics.for_this_process()
         self.limiter = RateLimiter(self.replay, limiter_config) if limiter_config else None
         self.envs = [make_env(env_config, env_seed(actor_config.seed, actor_id, i), actor_config.split)
                      for i in range(actor_config.envs_per_actor)]
@@ -120,8 +123,14 @@ class RolloutWorker:
         chunk = buffer.to_chunk(self.env_config.env_id, self.actor_id, self._episode_id(index),
                                 self.chunk_starts[index], self.config.split, self.policy_version)
         if self.limiter is not None:
-            report.insert_wait_s += self.limiter.await_insert(chunk.num_steps)
+            waited = self.limiter.await_insert(chunk.num_steps)
+            report.insert_wait_s += waited
+            self.metrics.inc(m.ACTOR_INSERT_WAIT_SECONDS, waited)
+        started = time.perf_counter()
         self.replay.insert(chunk, segment=self.config.segment)
+        self.metrics.observe(m.ACTOR_INSERT_SECONDS, time.perf_counter() - started)
+        self.metrics.inc(m.ACTOR_CHUNKS)
+        self.metrics.inc(m.ACTOR_ENV_STEPS, chunk.num_steps)
         report.chunks += 1
         report.chunk_steps += chunk.num_steps
         self.chunk_starts[index] = self.episode_steps[index]

@@ -63,6 +63,15 @@ def histogram(name: str, help: str, buckets: tuple[float, ...], labels: tuple[st
     return _define(name, "histogram", help, labels, buckets)
 
 
+# -- rollout actors ---------------------------------------------------------------------------
+# Ray tags every series with the worker and node, so rate() per series is steps/s per actor.
+ACTOR_ENV_STEPS = counter("actor_env_steps", "Decisions stepped by rollout actors (rate() = env steps/s)")
+ACTOR_CHUNKS = counter("actor_chunks", "Chunks written to the replay by rollout actors")
+ACTOR_INSERT_SECONDS = histogram("actor_insert_seconds", "Time to write one chunk to the replay (one transaction)",
+                                 LATENCY_BUCKETS_S)
+ACTOR_INSERT_WAIT_SECONDS = counter("actor_insert_wait_seconds",
+                                    "Time rollout actors waited for the rate limiter before inserting")
+
 # -- segmenter ------------------------------------------------------------------------------
 # `backend` is one of oracle|sam|student; `reason` one of evicted|dead_letter.
 SEGMENTER_FRAMES = counter("segmenter_frames", "Frames given masks and marked ready (rate() = frames/s)",

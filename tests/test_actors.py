@@ -93,3 +93,16 @@ def test_collect_command_writes_summary_config_and_dataset(tmp_path):
     assert sum(c.num_steps for c in chunks) == 120 == read_description(out)["env_steps"]
     assert {c.env_id for c in chunks} == {"HalfCheetah-v5"}
     assert "steps/s" in result.stdout
+
+
+def test_worker_exports_steps_chunks_and_insert_latency(redis_server, replay_factory):
+    from common import metrics as m
+
+    replay = replay_factory()
+    worker = RolloutWorker(0, SMALL_ENV, ActorConfig(chunk_length=10), redis_server.url, replay.config,
+                           metrics=m.Metrics("prometheus"))
+    report = worker.collect(25)
+    worker.close()
+    assert worker.metrics.value(m.ACTOR_ENV_STEPS) == 25 == report.env_steps
+    assert worker.metrics.value(m.ACTOR_CHUNKS) == report.chunks == replay.stats().inserted_chunks
+    assert worker.metrics.value(m.ACTOR_INSERT_SECONDS) == report.chunks  # one latency sample per chunk
