@@ -1,0 +1,239 @@
+"""`python -m learner.compare`: the paper's offline comparison, LAPO vs MaskLAM, as a table.
+
+1. Collect (or reuse, keyed by their settings, under --data-dir) three datasets through
+   the actors, all with iid uniform random actions and oracle masks:
+     train   the training distribution (the distractor as configured, train backgrounds);
+     indist  held-out episodes from the same distribution;
+     eval    held-out episodes on evaluation backgrounds with rho = 0: the background's
+             motion is independent of the action, so a latent that encodes the background
+             gains nothing from the correlation. The headline probe is scored here.
+2. Train every method with every seed on the same data and budget (OUT/runs/<method>/seed<s>,
+   checkpointed and resumable; a finished run is reused).
+3. Write OUT/results.json (means over seeds, `_std` spreads, per-seed values), the plots
+   and the resolved config, and print the table.
+
+`--preset` sets the defaults of every other flag (frame size, action repeat, dataset
+sizes, updates); any flag given on the command line overrides its preset default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from common.config import add_dataclass_arguments, config_to_dict, dataclass_from_args, save_resolved_config
+from common.envs import EnvConfig, env_spec
+from common.replay import redis_url_or_embedded
+from learner import plots
+from learner.data import DatasetSpec, TransitionData, ensure_dataset, gather_windows, load_dataset
+from learner.lam.batch import make_batch
+from learner.lam.config import METHODS, lam_config
+from learner.lam.train import load_model, make_probe_set, train_lam
+
+DATA_SEEDS = {"train": 1, "indist": 2, "eval": 3}
+SCALARS = ("probe_nmse", "probe_nmse_indist", "background_nmse", "probe_nmse_online", "train_seconds", "updates_per_s")
+PER_DIM = ("probe_nmse_per_dim", "probe_nmse_per_dim_indist", "probe_nmse_online_per_dim")
+
+
+@dataclass
+class CompareConfig:
+    """Train LAPO and MaskLAM on the same distractor data and compare their latents' probes."""
+
+    methods: str = field(default="lapo,masklam", metadata={"help": f"comma-separated, from {', '.join(METHODS)}"})
+    seeds: int = field(default=3, metadata={"help": "seeds per method (0 .. S-1)"})
+    preset: Literal["ci", "paper"] = field(default="ci", metadata={"help": "network, budget and data-size preset"})
+    out: str = field(default="runs/compare", metadata={"help": "output folder"})
+    data_dir: str = field(default="data/lam", metadata={"help": "where datasets are collected and reused"})
+    train_steps: int = field(default=25_000, metadata={"help": "decisions in the training set"})
+    heldout_steps: int = field(default=4_000, metadata={"help": "decisions in each held-out set (indist, eval)"})
+    probe_samples: int = field(default=4_000, metadata={"help": "held-out windows used by each probe"})
+    updates: int = field(default=4_000, metadata={"help": "LAM updates per method and seed"})
+    batch_size: int = field(default=32, metadata={"help": "LAM batch size"})
+    eval_every: int = field(default=500, metadata={"help": "updates between probe evaluations (learning curves)"})
+    jobs: int = field(default=1, metadata={"help": "training processes at once"})
+    torch_threads: int = field(default=1, metadata={"help": "torch threads per training process"})
+    collect_actors: int = field(default=1, metadata={"help": "rollout actors when collecting"})
+    device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda)"})
+    redis_url: str | None = field(default=None, metadata={"help": "Redis for collection; default: embedded"})
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+
+def preset_defaults(preset: str) -> CompareConfig:
+    """`ci`: 32 px frames (rendered at 64, area-downsampled), small nets, minutes per run on a
+    CPU. `paper`: 64 px, the authors' networks and batch, for a GPU."""
+    env = EnvConfig(image_size=32 if preset == "ci" else 64, render_size=64, action_repeat=3, max_episode_steps=250)
+    optim = lam_config(preset, "lapo").optim
+    if preset == "ci":
+        return CompareConfig(preset="ci", env=env, updates=optim.updates, batch_size=optim.batch_size)
+    return CompareConfig(preset="paper", env=env, train_steps=500_000, heldout_steps=20_000, probe_samples=10_000,
+                         updates=optim.updates, batch_size=optim.batch_size, eval_every=2_500, collect_actors=8,
+                         device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_compare_config(argv: list[str] | None = None) -> CompareConfig:
+    """Parse twice: first --preset, then every flag with that preset's defaults."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="ci", choices=["ci", "paper"])
+    preset = first.parse_known_args(argv)[0].preset
+    parser = argparse.ArgumentParser(description=CompareConfig.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_arguments(parser, CompareConfig, preset_defaults(preset))
+    return dataclass_from_args(CompareConfig, parser.parse_args(argv))
+
+
+def dataset_specs(config: CompareConfig) -> dict[str, DatasetSpec]:
+    decorrelated = dataclasses.replace(config.env, rho=0.0)
+    sizes = {"train": config.train_steps, "indist": config.heldout_steps, "eval": config.heldout_steps}
+    envs = {"train": config.env, "indist": config.env, "eval": decorrelated}
+    return {name: DatasetSpec(envs[name], "eval" if name == "eval" else "train", DATA_SEEDS[name], sizes[name],
+                              config.collect_actors) for name in sizes}
+
+
+@dataclass
+class Job:
+    method: str
+    seed: int
+    data: dict[str, str]  # dataset name -> folder
+    out: str
+    config: CompareConfig
+
+
+def run_job(job: Job) -> dict:
+    """Train one (method, seed) in a worker process (loads the datasets itself)."""
+    torch.set_num_threads(job.config.torch_threads)
+    c = job.config
+    lam = lam_config(c.preset, job.method, updates=c.updates, batch_size=c.batch_size)
+    train = load_dataset(job.data["train"])
+    probe_sets = {name: make_probe_set(load_dataset(job.data[name]), lam.method.probe_window, c.probe_samples, seed=0)
+                  for name in ("eval", "indist")}
+    return train_lam(lam, train, probe_sets, job.out, job.seed, c.eval_every, label=f"{job.method}/seed{job.seed}",
+                     device=c.device)
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    if any(v is None for v in values):
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _mean_std_lists(lists: list[list]) -> tuple[list, list]:
+    pairs = [_mean_std([lst[j] for lst in lists]) for j in range(len(lists[0]))]
+    return [m for m, _ in pairs], [s for _, s in pairs]
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Means over seeds with `_std` spreads beside them, and every seed's own values."""
+    result: dict = {}
+    for key in SCALARS:
+        result[key], result[f"{key}_std"] = _mean_std([r[key] for r in runs])
+    for key in PER_DIM:
+        result[key], result[f"{key}_std"] = _mean_std_lists([r[key] for r in runs])
+    result["final_losses"] = {k: float(np.mean([r["final_losses"][k] for r in runs])) for k in runs[0]["final_losses"]}
+    result["updates"] = runs[0]["updates"]
+    result["parameters"] = runs[0]["parameters"]
+    result["normalized_return"] = None  # the downstream protocol belongs to a later issue
+    result["return"] = None
+    curves = ("loss_curve", "probe_curve", "config")  # kept in each run's metrics.json
+    result["per_seed"] = [{k: v for k, v in r.items() if k not in curves} for r in runs]
+    return result
+
+
+def prediction_grid(methods: list[str], run_dirs: dict[str, Path], eval_data: TransitionData, path: Path,
+                    samples: int = 4) -> None:
+    """Target / mask / each method's (seed 0) prediction for the same eval transitions."""
+    models = {m: load_model(run_dirs[m]) for m in methods}
+    longest = max(cfg.method.context_frames for _, cfg in models.values())
+    reach = longest + max(cfg.method.future_frames for _, cfg in models.values())
+    starts = eval_data.window_starts(reach)
+    targets = starts[:: max(1, len(starts) // samples)][:samples] + longest
+    generator = torch.Generator().manual_seed(0)
+    predictions, target, mask, context = {}, None, None, None
+    for name, (model, cfg) in models.items():
+        windows = gather_windows(eval_data, targets - cfg.method.context_frames, cfg.method.probe_window)
+        batch = make_batch(windows, cfg.method, cfg.model, np.ones(len(targets), np.int64), generator)
+        with torch.no_grad():
+            prediction, _, _ = model(batch.idm_input, batch.fdm_input)
+        predictions[name] = (prediction + 0.5).permute(0, 2, 3, 1).numpy()
+        target = (batch.target + 0.5).permute(0, 2, 3, 1).numpy()
+        mask = eval_data.masks[targets].astype(np.float32)
+        context = eval_data.frames[targets - 1] / 255.0
+    plots.plot_prediction_grid(context, target, mask, predictions, path)
+
+
+def print_table(methods: dict[str, dict]) -> None:
+    def fmt(mean, std) -> str:
+        return "  n/a      " if mean is None else f"{mean:5.3f}±{std:5.3f}"
+
+    print(f"\n  {'method':<14} {'probe_nmse':<12} {'indist':<12} {'background':<12} {'online':<12} "
+          f"{'train s':>8}  per-dim (decorrelated eval)")
+    for name, m in methods.items():
+        per_dim = " ".join("n/a" if v is None else f"{v:.2f}" for v in m["probe_nmse_per_dim"])
+        print(f"  {name:<14} {fmt(m['probe_nmse'], m['probe_nmse_std'])} "
+              f"{fmt(m['probe_nmse_indist'], m['probe_nmse_indist_std'])} "
+              f"{fmt(m['background_nmse'], m['background_nmse_std'])} "
+              f"{fmt(m['probe_nmse_online'], m['probe_nmse_online_std'])} {m['train_seconds']:8.0f}  {per_dim}")
+    if "lapo" in methods:
+        for name, m in methods.items():
+            if name != "lapo" and m["probe_nmse"]:
+                print(f"  LAPO / {name} probe nMSE ratio: {methods['lapo']['probe_nmse'] / m['probe_nmse']:.2f}")
+
+
+def run_comparison(config: CompareConfig) -> dict:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
+    for method in methods:
+        lam_config(config.preset, method)  # fail fast on an unknown name
+    start = time.perf_counter()
+    specs = dataset_specs(config)
+    # Collection (which renders, and may start Ray) and every training run each get a fresh
+    # process: this one stays free of GL and Ray state, and each run sets its own threads.
+    spawn = get_context("spawn")
+    with redis_url_or_embedded(config.redis_url) as url, ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        data = {name: str(pool.submit(ensure_dataset, spec, config.data_dir, url).result())
+                for name, spec in specs.items()}
+    collect_seconds = time.perf_counter() - start
+
+    jobs = [Job(m, s, data, str(out / "runs" / m / f"seed{s}"), config) for m in methods for s in range(config.seeds)]
+    with ProcessPoolExecutor(config.jobs, mp_context=spawn) as pool:
+        results = list(pool.map(run_job, jobs))
+    per_method = {m: [r for j, r in zip(jobs, results) if j.method == m] for m in methods}
+
+    summary = {name: aggregate(runs) for name, runs in per_method.items()}
+    resolved = {**config_to_dict(config), "env_spec": env_spec(config.env),
+                "eval_env_spec": env_spec(specs["eval"].env), "datasets": data,
+                "collect_seconds": collect_seconds,
+                "lam": {m: config_to_dict(lam_config(config.preset, m, updates=config.updates,
+                                                     batch_size=config.batch_size)) for m in methods}}
+    results_json = {"methods": summary, "config": resolved}
+    (out / "results.json").write_text(json.dumps(results_json, indent=2) + "\n")
+    save_resolved_config(config, out, extra={"env_spec": resolved["env_spec"]})
+
+    plots.plot_losses(per_method, out / "loss_curves.png")
+    plots.plot_probe_curves(per_method, out / "probe_curves.png")
+    plots.plot_nmse_bars(summary, out / "probe_nmse.png")
+    prediction_grid(methods, {m: out / "runs" / m / "seed0" for m in methods}, load_dataset(data["eval"]),
+                    out / "predictions.png")
+    print_table(summary)
+    print(f"wrote {out / 'results.json'} and plots in {out}")
+    return results_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_comparison(parse_compare_config(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

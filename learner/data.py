@@ -1,0 +1,168 @@
+"""Offline datasets for the LAM comparison: collected through the actors, held in memory.
+
+`ensure_dataset` collects a dataset with `actors.collect` (or reuses one already on
+disk with the same settings), and `load_dataset` concatenates its chunks into flat
+arrays so that a batch of windows is one numpy fancy-index. A window never crosses a
+chunk (hence never an episode), and windows are drawn uniformly over all valid starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common.config import config_to_dict
+from common.dataset import DatasetWriter, iter_chunks, read_description
+from common.envs import EnvConfig, env_spec
+from common.replay import ReplayClient, ReplayConfig
+
+if TYPE_CHECKING:
+    from actors.collect import CollectConfig
+
+
+@dataclass
+class TransitionData:
+    """All frames of a dataset, chunk after chunk; row i's action leads from frame i to i+1."""
+
+    frames: np.ndarray  # uint8 (N, H, W, 3)
+    masks: np.ndarray  # uint8 (N, H, W)
+    actions: np.ndarray  # float32 (N, A); the last frame of each chunk has no action (zeros)
+    bg_velocity: np.ndarray  # float32 (N, 2); background motion from frame i to i+1
+    chunk_start: np.ndarray  # int64 (C,) row of each chunk's first frame
+    chunk_length: np.ndarray  # int64 (C,) frames in each chunk
+    chunk_episode: np.ndarray  # int64 (C,) episode number of each chunk
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def num_transitions(self) -> int:
+        return int((self.chunk_length - 1).sum())
+
+    def window_starts(self, window: int, episodes: np.ndarray | None = None) -> np.ndarray:
+        """Rows i such that frames i .. i+window-1 lie in one chunk (optionally of `episodes`)."""
+        keep = self.chunk_length >= window
+        if episodes is not None:
+            keep &= np.isin(self.chunk_episode, episodes)
+        starts = [np.arange(s, s + n - window + 1) for s, n in zip(self.chunk_start[keep], self.chunk_length[keep])]
+        return np.concatenate(starts) if starts else np.zeros(0, np.int64)
+
+
+@dataclass
+class Windows:
+    """A batch of windows of consecutive frames (uint8) and what happened between them."""
+
+    frames: np.ndarray  # uint8 (B, window, H, W, 3)
+    masks: np.ndarray  # uint8 (B, window, H, W)
+    actions: np.ndarray  # float32 (B, window, A); actions[:, j] leads from frame j to j+1
+    bg_velocity: np.ndarray  # float32 (B, window, 2)
+
+
+def gather_windows(data: TransitionData, starts: np.ndarray, window: int) -> Windows:
+    rows = starts[:, None] + np.arange(window)[None, :]
+    return Windows(data.frames[rows], data.masks[rows], data.actions[rows], data.bg_velocity[rows])
+
+
+def sample_windows(data: TransitionData, starts: np.ndarray, batch: int, window: int,
+                   rng: np.random.Generator) -> Windows:
+    """`batch` windows drawn uniformly (with replacement) from the valid `starts`."""
+    return gather_windows(data, starts[rng.integers(len(starts), size=batch)], window)
+
+
+def load_dataset(directory: str | Path) -> TransitionData:
+    """Decode every chunk of a dataset written by `python -m actors.collect --save-dataset`."""
+    frames, masks, actions, velocity, lengths, episodes = [], [], [], [], [], []
+    episode_ids: dict[str, int] = {}
+    for chunk in iter_chunks(directory):
+        n = chunk.num_steps + 1
+        frames.append(chunk.frames)
+        masks.append(chunk.masks)
+        actions.append(np.concatenate([chunk.actions, np.zeros((1, chunk.actions.shape[1]), np.float32)]))
+        velocity.append(np.concatenate([chunk.bg_velocity, np.zeros((1, 2), np.float32)]))
+        lengths.append(n)
+        episodes.append(episode_ids.setdefault(chunk.episode_id, len(episode_ids)))
+    if not frames:
+        raise ValueError(f"dataset {directory} holds no chunks")
+    lengths_array = np.array(lengths, np.int64)
+    return TransitionData(
+        frames=np.concatenate(frames), masks=np.concatenate(masks), actions=np.concatenate(actions),
+        bg_velocity=np.concatenate(velocity), chunk_start=np.cumsum(lengths_array) - lengths_array,
+        chunk_length=lengths_array, chunk_episode=np.array(episodes, np.int64))
+
+
+@dataclass
+class DatasetSpec:
+    """What to collect: env settings, background split, seed and size (iid random actions)."""
+
+    env: EnvConfig
+    split: str
+    seed: int
+    steps: int
+    num_actors: int = 1
+    chunk_length: int = 32
+
+    def key(self) -> str:
+        """A short hash of everything that decides the data (not the actor count)."""
+        payload = {"env": config_to_dict(self.env), "split": self.split, "seed": self.seed, "steps": self.steps,
+                   "chunk_length": self.chunk_length, "policy": "iid-uniform"}
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
+    """Collect `spec` under ROOT/<key>/ unless a complete dataset with that key is there.
+
+    One actor runs in this process (the same `RolloutWorker` class, without Ray's start-up
+    cost); more run as Ray actors through `actors.collect`.
+    """
+    from actors.collect import CollectConfig, run_collection  # heavy (Ray); only when collecting
+    from actors.rollout import ActorConfig
+
+    directory = Path(root) / f"{spec.env.env_id}-{spec.env.distractor}-{spec.split}-{spec.key()}"
+    done = directory / "complete.json"
+    if done.is_file():
+        return directory
+    if directory.exists():  # an interrupted collection: start it again from scratch
+        for path in directory.iterdir():
+            path.unlink()
+    config = CollectConfig(
+        num_actors=spec.num_actors, total_env_steps=spec.steps, out=str(directory), save_dataset=True,
+        check_batch=16, env=dataclasses.replace(spec.env),
+        actor=ActorConfig(chunk_length=spec.chunk_length, action_correlation=0.0, split=spec.split, seed=spec.seed),
+        replay=ReplayConfig(run_name=f"lamdata-{spec.key()}", capacity_chunks=10**6, capacity_bytes=2**40))
+    replay = ReplayClient(redis_url, config.replay)
+    replay.clear()
+    if spec.num_actors > 1:
+        summary = run_collection(config, redis_url)
+    else:
+        summary = _collect_in_process(config, replay, redis_url)
+    replay.clear()  # the dataset is on disk now; free Redis
+    done.write_text(json.dumps({"spec": {**dataclasses.asdict(spec), "key": spec.key()},
+                                "description": read_description(directory), "summary": summary},
+                               indent=2, default=str) + "\n")
+    return directory
+
+
+def _collect_in_process(config: CollectConfig, replay: ReplayClient, redis_url: str) -> dict:
+    """One rollout worker in this process fills the replay; its chunks are then saved in order."""
+    from actors.rollout import RolloutWorker
+
+    worker = RolloutWorker(0, config.env, config.actor, redis_url, config.replay)
+    try:
+        report = worker.collect(config.total_env_steps)
+    finally:
+        worker.close()
+    writer = DatasetWriter(config.out, {"env": env_spec(config.env), "collect": config_to_dict(config)})
+    last_id = 0
+    while ids := replay.chunk_ids_after(last_id):
+        for chunk_id in ids:
+            writer.append_blob(replay.get_chunk_blob(chunk_id))
+            last_id = chunk_id
+    writer.close(env_steps=report.env_steps)
+    return dataclasses.asdict(report)

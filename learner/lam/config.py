@@ -1,0 +1,99 @@
+"""LAM settings: network sizes, the method's switches, the optimisation; and their presets.
+
+`MethodConfig` holds every switch of DESIGN.md section 5, so LAPO, MaskLAM-loss-only and
+MaskLAM-as-the-authors-ran-it are three points in one space (`METHODS`). `PRESETS` fix
+the network and optimisation size: `paper` as the authors' released configuration
+(METHOD-FACTS.md), `ci` small enough to train in minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    """IDM and FDM sizes. Widths are IMPALA's 16/32/32 times a scale."""
+
+    idm_scale: int = 1
+    fdm_scale: int = 1
+    num_blocks: int = 2  # residual blocks per IMPALA stage
+    latent_dim: int = 32
+    frame_diff: bool = True  # IDM also sees (first future frame - last context frame): a faster start
+    quantizer: Literal["none", "vq"] = "none"
+    vq_codes: int = 64  # codebook size (VQ only)
+    vq_groups: int = 4  # the latent is quantised as this many independent sub-vectors
+    vq_beta: float = 0.25  # commitment weight inside the VQ loss
+
+
+@dataclass
+class MethodConfig:
+    """What distinguishes LAPO from MaskLAM and its variants."""
+
+    loss: Literal["mse", "masked"] = "mse"
+    mask_channel: bool = False  # append the agent mask to every input frame as a 4th channel
+    context_frames: int = 1  # frames up to o_t seen by the IDM and the FDM
+    future_frames: int = 1  # frames from o_{t+k} seen by the IDM (the FDM predicts o_{t+k})
+    max_future_offset: int = 1  # k ~ U{1..K} in training; k = 1 when probing
+    input_masking: bool = False  # background pixels of every input frame set to black
+    mask_radius: int = 0  # > 0 dilates, < 0 erodes the mask by this many pixels (imprecise masks)
+    occlusion: float = 0.0  # each 4x4 patch of the mask dropped with this probability (partial masks)
+
+    @property
+    def window(self) -> int:
+        """Consecutive frames one training sample needs."""
+        return self.context_frames + self.max_future_offset + self.future_frames - 1
+
+    @property
+    def probe_window(self) -> int:
+        """Frames one probing sample needs (k = 1)."""
+        return self.context_frames + self.future_frames
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a cosine schedule to 0 over `updates`; loss weights as the authors."""
+
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    updates: int = 4_000
+    vq_coef: float = 0.1
+    probe_coef: float = 0.01  # the online probe sees a detached latent: it never shapes the model
+
+
+@dataclass
+class LAMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+METHODS: dict[str, MethodConfig] = {
+    "lapo": MethodConfig(loss="mse"),
+    # The loss alone, everything else as LAPO: the comparison isolates the masked loss.
+    "masklam": MethodConfig(loss="masked"),
+    # All of the authors' switches: mask channel, 3 context + 3 future frames, k ~ U{1..9}.
+    "masklam-paper": MethodConfig(loss="masked", mask_channel=True, context_frames=3, future_frames=3,
+                                  max_future_offset=9),
+}
+
+PRESETS: dict[str, LAMConfig] = {
+    "ci": LAMConfig(ModelConfig(idm_scale=1, fdm_scale=1, latent_dim=32, frame_diff=True),
+                    optim=OptimConfig(batch_size=32, lr=1e-3, updates=4_000)),
+    "paper": LAMConfig(ModelConfig(idm_scale=4, fdm_scale=6, latent_dim=128, frame_diff=False),
+                       optim=OptimConfig(batch_size=512, lr=6e-4, updates=35_000)),
+}
+
+
+def lam_config(preset: str, method: str, **optim_overrides) -> LAMConfig:
+    """The preset's networks and optimisation with the method's switches."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    base = PRESETS[preset]
+    return LAMConfig(model=dataclasses.replace(base.model), method=dataclasses.replace(METHODS[method]),
+                     optim=dataclasses.replace(base.optim, **optim_overrides))

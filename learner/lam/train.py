@@ -1,0 +1,204 @@
+"""Training one LAM (one method, one seed) on an in-memory dataset, with probes along the way.
+
+`train_lam` runs AdamW with a cosine schedule to 0, logs losses, evaluates the offline
+probes every `eval_every` updates (the learning curves), checkpoints the model with its
+config, and resumes from the checkpoint if one is there. Evaluation time is not counted
+in `train_seconds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import config_to_dict
+from common.progress import Progress
+from learner.data import TransitionData, Windows, gather_windows, sample_windows
+from learner.lam.batch import input_channels, make_batch, reconstruction_loss
+from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig
+from learner.lam.model import LatentActionModel
+from learner.probe import nmse, ridge_probe
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+ENCODE_BATCH = 256
+
+
+@dataclass
+class ProbeSet:
+    """Held-out windows (k = 1) and which of them fit the probe (the rest score it)."""
+
+    windows: Windows
+    fit: np.ndarray  # bool (N,)
+
+
+def make_probe_set(data: TransitionData, window: int, max_samples: int, seed: int) -> ProbeSet:
+    """Up to `max_samples` windows; fit/score split by whole episodes (by chunk if under 4 episodes)."""
+    starts = data.window_starts(window)
+    if len(starts) > max_samples:
+        starts = np.sort(np.random.default_rng(seed).choice(starts, max_samples, replace=False))
+    chunk = np.searchsorted(data.chunk_start, starts, side="right") - 1
+    unit = data.chunk_episode[chunk] if len(np.unique(data.chunk_episode)) >= 4 else chunk
+    return ProbeSet(gather_windows(data, starts, window), fit=unit % 2 == 0)
+
+
+def build_model(config: LAMConfig, image_size: int, action_dim: int) -> LatentActionModel:
+    idm_channels, fdm_channels = input_channels(config.method, config.model)
+    return LatentActionModel(config.model, idm_channels, fdm_channels, image_size, action_dim)
+
+
+@torch.no_grad()
+def encode_probe_set(model: LatentActionModel, config: LAMConfig, probe_set: ProbeSet
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(latents, online-probe predictions, actions, background velocities) of every window."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    latents, predictions, actions, velocity = [], [], [], []
+    n = len(probe_set.fit)
+    for i in range(0, n, ENCODE_BATCH):
+        part = Windows(*(getattr(probe_set.windows, f.name)[i:i + ENCODE_BATCH] for f in dataclasses.fields(Windows)))
+        batch = make_batch(part, config.method, config.model, np.ones(len(part.frames), np.int64), generator)
+        z, _ = model.encode(batch.idm_input.to(device))
+        latents.append(z.float().cpu().numpy())
+        predictions.append(model.probe(z).float().cpu().numpy())
+        actions.append(batch.action.numpy())
+        velocity.append(batch.bg_velocity.numpy())
+    model.train()
+    return tuple(np.concatenate(parts) for parts in (latents, predictions, actions, velocity))
+
+
+def evaluate_probes(model: LatentActionModel, config: LAMConfig, probe_sets: dict[str, ProbeSet]) -> dict:
+    """Offline ridge probes on each held-out set; the online probe and the background probe
+    on the decorrelated `eval` set (the headline)."""
+    results: dict = {}
+    for name, probe_set in probe_sets.items():
+        z, online, actions, velocity = encode_probe_set(model, config, probe_set)
+        fit, score = probe_set.fit, ~probe_set.fit
+        action_score = ridge_probe(z[fit], actions[fit], z[score], actions[score])
+        suffix = "" if name == "eval" else f"_{name}"
+        results[f"probe_nmse{suffix}"] = action_score.nmse
+        results[f"probe_nmse_per_dim{suffix}"] = action_score.per_dim
+        if name == "eval":
+            online_score = nmse(online[score], actions[score])
+            results["probe_nmse_online"] = online_score.nmse
+            results["probe_nmse_online_per_dim"] = online_score.per_dim
+            results["background_nmse"] = ridge_probe(z[fit], velocity[fit], z[score], velocity[score]).nmse
+    return results
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, ProbeSet], out: str | Path,
+              seed: int, eval_every: int, label: str = "lam", log_every: int = 50, device: str = "cpu") -> dict:
+    """Train to `config.optim.updates` (resuming from OUT/checkpoint.pt), write OUT/metrics.json.
+
+    Returns the metrics: final probe scores, final losses, timings and the curves.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics["config"] == config_to_dict(config) and metrics["seed"] == seed:
+            return metrics  # this exact run is done: reuse it
+    torch.manual_seed(seed)
+    image_size = data.frames.shape[1]
+    model = build_model(config, image_size, data.action_dim).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    total = config.optim.updates
+    scheduler = cosine_schedule(optimizer, total)
+    state = {"update": 0, "train_seconds": 0.0, "losses": [], "probes": []}
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if checkpoint["config"] == config_to_dict(config) and checkpoint["seed"] == seed:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            state = checkpoint["state"]
+
+    method = config.method
+    starts = data.window_starts(method.window)
+    if len(starts) == 0:
+        raise ValueError(f"no chunk holds the {method.window} consecutive frames this method needs")
+    rng = np.random.default_rng([seed, state["update"]])
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + state["update"])
+    progress = Progress(label, total, unit="updates", interval_s=10.0)
+    running: dict[str, list[float]] = {}
+
+    def save() -> None:
+        torch.save({"config": config_to_dict(config), "seed": seed, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                    "image_size": image_size, "action_dim": data.action_dim}, checkpoint_path)
+
+    def probe_now() -> None:
+        scores = evaluate_probes(model, config, probe_sets)
+        state["probes"].append({"update": state["update"], **scores})
+
+    if not state["probes"]:
+        probe_now()
+    while state["update"] < total:
+        tick = time.perf_counter()
+        windows = sample_windows(data, starts, config.optim.batch_size, method.window, rng)
+        offsets = rng.integers(1, method.max_future_offset + 1, size=config.optim.batch_size)
+        batch = make_batch(windows, method, config.model, offsets, generator).to(device)
+        prediction, z, vq_loss = model(batch.idm_input, batch.fdm_input)
+        mask = batch.target_mask if method.loss == "masked" else None
+        rec = reconstruction_loss(prediction, batch.target, mask)
+        probe = torch.nn.functional.mse_loss(model.probe(z.detach()), batch.action)
+        loss = rec + config.optim.vq_coef * vq_loss + config.optim.probe_coef * probe
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        state["update"] += 1
+        state["train_seconds"] += time.perf_counter() - tick
+        for name, value in (("loss", loss), ("reconstruction", rec), ("vq", vq_loss), ("probe", probe)):
+            running.setdefault(name, []).append(float(value.detach()))
+        if state["update"] % log_every == 0 or state["update"] == total:
+            state["losses"].append({"update": state["update"], **{k: float(np.mean(v)) for k, v in running.items()}})
+            running = {}
+        if state["update"] % eval_every == 0 or state["update"] == total:
+            probe_now()
+            save()
+        last = state["probes"][-1]
+        progress.update(state["update"], loss=state["losses"][-1]["loss"] if state["losses"] else float(loss.detach()),
+                        probe_nmse=last["probe_nmse"])
+    progress.close()
+
+    final = state["probes"][-1]
+    metrics = {
+        "config": config_to_dict(config), "seed": seed, "updates": state["update"],
+        "train_seconds": state["train_seconds"],
+        "updates_per_s": state["update"] / max(state["train_seconds"], 1e-9),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **{k: v for k, v in final.items() if k != "update"},
+        "final_losses": {k: v for k, v in state["losses"][-1].items() if k != "update"} if state["losses"] else {},
+        "loss_curve": state["losses"], "probe_curve": state["probes"],
+    }
+    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def load_model(out: str | Path) -> tuple[LatentActionModel, dict]:
+    """The model saved in OUT/checkpoint.pt and its config (as a dict)."""
+    checkpoint = torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=False)
+    saved = checkpoint["config"]
+    config = LAMConfig(ModelConfig(**saved["model"]), MethodConfig(**saved["method"]), OptimConfig(**saved["optim"]))
+    model = build_model(config, checkpoint["image_size"], checkpoint["action_dim"])
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return model, config
