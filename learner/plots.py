@@ -51,9 +51,14 @@ def plot_probe_curves(per_method: dict[str, list[dict]], path: Path) -> None:
     axes[0].set(xlabel="update", ylabel="action probe nMSE", title="action probe (lower = latent holds the action)")
     axes[1].set(xlabel="update", ylabel="background-velocity probe nMSE",
                 title="background probe (lower = latent holds the distractor)")
+    _save_nmse_figure(fig, axes, path, legend_size=7)
+
+
+def _save_nmse_figure(fig, axes, path: Path, legend_size: int) -> None:
+    """Mark nMSE = 1 (no better than the mean) on every axis, add legends, save, close."""
     for ax in axes:
         ax.axhline(1.0, color="grey", lw=0.8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -77,12 +82,7 @@ def plot_nmse_bars(methods: dict[str, dict], path: Path) -> None:
                     yerr=methods[name]["probe_nmse_per_dim_std"], capsize=3, label=name)
     axes[1].set_xticks(np.arange(dims), [f"a{j}" for j in range(dims)])
     axes[1].set(ylabel="probe nMSE", title="per action dimension (decorrelated eval)")
-    for ax in axes:
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_nmse_figure(fig, axes, path, legend_size=8)
 
 
 def plot_prediction_grid(context: np.ndarray, target: np.ndarray, mask: np.ndarray,
