@@ -43,7 +43,6 @@ class RolloutReport:
     actor_id: int
     env_steps: int = 0
     chunks: int = 0
-    chunk_steps: int = 0
     episodes: int = 0
     seconds: float = 0.0
     insert_wait_s: float = 0.0
@@ -132,7 +131,6 @@ class RolloutWorker:
         self.metrics.inc(m.ACTOR_CHUNKS)
         self.metrics.inc(m.ACTOR_ENV_STEPS, chunk.num_steps)
         report.chunks += 1
-        report.chunk_steps += chunk.num_steps
         self.chunk_starts[index] = self.episode_steps[index]
         self.buffers[index] = _ChunkBuffer(buffer.observations[-1])
 
