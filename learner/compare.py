@@ -86,8 +86,7 @@ def parse_compare_config(argv: list[str] | None = None) -> CompareConfig:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset", default="ci", choices=["ci", "paper"])
     preset = first.parse_known_args(argv)[0].preset
-    parser = argparse.ArgumentParser(description=CompareConfig.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=CompareConfig.__doc__)
     add_dataclass_arguments(parser, CompareConfig, preset_defaults(preset))
     return dataclass_from_args(CompareConfig, parser.parse_args(argv))
 

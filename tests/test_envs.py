@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import common.envs  # noqa: F401  (first: sets MUJOCO_GL before mujoco is imported)
@@ -294,3 +295,22 @@ def test_background_window_moves_content_by_the_offset() -> None:
     assert np.allclose(half[:-1], (view[:-1] + view[1:]) / 2, atol=1e-5)
     wrapped = background.window(np.array([15.0, 0.0]), 16)  # past the bottom: mirrored, no seam
     assert np.allclose(wrapped[4], frames[0, 19, :16] / 255) and np.allclose(wrapped[5], frames[0, 19, :16] / 255)
+
+
+def test_unhealthy_termination_can_be_turned_off_for_tasks_with_a_health_check():
+    def decisions_until_termination(config: EnvConfig, limit: int = 150) -> int:
+        env = make_env(config, seed=3)
+        env.reset()
+        rng = np.random.default_rng(0)
+        for step in range(1, limit + 1):
+            if env.step(rng.uniform(-1, 1, env.action_dim)).terminated:
+                env.close()
+                return step
+        env.close()
+        return limit + 1  # never terminated
+
+    hopper = EnvConfig(env_id="Hopper-v5", distractor="none", max_episode_steps=1000)
+    assert decisions_until_termination(hopper) < 150  # random actions topple it
+    assert decisions_until_termination(dataclasses.replace(hopper, terminate_when_unhealthy=False)) == 151
+    with pytest.raises(ValueError, match="no health check"):
+        make_env(EnvConfig(env_id="HalfCheetah-v5", terminate_when_unhealthy=False), seed=0)

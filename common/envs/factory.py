@@ -10,14 +10,15 @@ import gymnasium
 import mujoco
 
 from common.envs.distractors import NOISE_AR, DistractorWrapper, check_config
-from common.envs.pixels import PixelMujocoEnv, task_view
+from common.envs.pixels import PixelMujocoEnv, make_gym_env, task_view
 from common.envs.spec import EnvConfig, Split
 
 
 def make_env(config: EnvConfig, seed: int, split: Split = "train") -> DistractorWrapper:
     """The env for `config`; `seed` and `split` pick the episodes' physics and backgrounds."""
     check_config(config)
-    pixels = PixelMujocoEnv(config.env_id, config.render_size, config.action_repeat, config.max_episode_steps)
+    pixels = PixelMujocoEnv(config.env_id, config.render_size, config.action_repeat, config.max_episode_steps,
+                            config.terminate_when_unhealthy)
     try:
         return DistractorWrapper(pixels, config, seed, split)
     except Exception:
@@ -29,7 +30,7 @@ def env_spec(config: EnvConfig) -> dict:
     """JSON-safe resolved env settings (no renderer is started)."""
     check_config(config)
     view = task_view(config.env_id)
-    env = gymnasium.make(config.env_id, disable_env_checker=True).unwrapped
+    env = make_gym_env(config.env_id, config.terminate_when_unhealthy)
     try:
         action_dim, state_dim = int(env.action_space.shape[0]), int(env.observation_space.shape[0])
         gym_step_seconds = float(env.dt)
@@ -43,6 +44,7 @@ def env_spec(config: EnvConfig) -> dict:
         "action_repeat": action_repeat,
         "decision_seconds": gym_step_seconds * action_repeat,
         "max_episode_steps": config.max_episode_steps,
+        "terminate_when_unhealthy": config.terminate_when_unhealthy,
         "action_dim": action_dim,
         "state_dim": state_dim,
         "camera": {"type": "tracking", "azimuth": 90.0, "distance": view.distance,

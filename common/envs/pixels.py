@@ -75,6 +75,16 @@ def task_view(env_id: str) -> TaskView:
     return TASK_VIEWS[env_id]
 
 
+def make_gym_env(env_id: str, terminate_when_unhealthy: bool = True) -> gymnasium.Env:
+    """The bare Gymnasium task (no time limit); `terminate_when_unhealthy=False` keeps a
+    fallen Hopper or Walker going, which only tasks with a health check accept."""
+    options = {} if terminate_when_unhealthy else {"terminate_when_unhealthy": False}
+    try:
+        return gymnasium.make(env_id, disable_env_checker=True, **options).unwrapped
+    except TypeError as error:
+        raise ValueError(f"{env_id} has no health check; drop --no-terminate-when-unhealthy for it") from error
+
+
 class PixelMujocoEnv:
     """One task, stepped in decisions of `action_repeat` gym steps and rendered on demand.
 
@@ -84,12 +94,12 @@ class PixelMujocoEnv:
     """
 
     def __init__(self, env_id: str, render_size: int = 64, action_repeat: int = 0,
-                 max_episode_steps: int = 1000) -> None:
+                 max_episode_steps: int = 1000, terminate_when_unhealthy: bool = True) -> None:
         self.view = task_view(env_id)
         self.render_size = render_size
         self.action_repeat = action_repeat or self.view.action_repeat
         self.max_episode_steps = max_episode_steps
-        self._env = gymnasium.make(env_id, disable_env_checker=True).unwrapped
+        self._env = make_gym_env(env_id, terminate_when_unhealthy)
         self.model: mujoco.MjModel = self._env.model
         self.data: mujoco.MjData = self._env.data
         self.action_dim = int(self._env.action_space.shape[0])

@@ -26,6 +26,7 @@ class EnvConfig:
     render_size: int = field(default=64, metadata={"help": "side MuJoCo renders at; area-downsampled to image_size"})
     action_repeat: int = field(default=0, metadata={"help": "env steps per decision; 0 = the task's default"})
     max_episode_steps: int = field(default=1000, metadata={"help": "decisions per episode before truncation"})
+    terminate_when_unhealthy: bool = field(default=True, metadata={"help": "end Hopper/Walker/Humanoid/Ant episodes when the agent falls (off: it keeps moving on the floor, as the Distracting Control Suite's tasks)"})
     distractor: DistractorMode = field(default="correlated", metadata={"help": "background distractor mode"})
     rho: float = field(default=0.5, metadata={"help": "action correlation of the background motion (correlated mode)"})
     background_dir: str | None = field(default=None, metadata={"help": "folder of images or clip sub-folders used as background content"})
