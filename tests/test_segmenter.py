@@ -238,8 +238,9 @@ def test_ray_actor_segments_a_run_and_can_be_stopped(redis_server, replay_factor
     init_ray(None, logical_cpus=2)
     try:
         (actor,) = start_segmenters(1, SegmenterConfig(**FAST), redis_server.url, replay.config)
+        ray.get(actor.summary.remote(), timeout=300)  # the actor is up (a loaded machine starts workers slowly)
         running = actor.run.remote()
-        assert replay.wait_for(lambda s: s.ready_chunks == 6, timeout_s=60)
+        assert replay.wait_for(lambda s: s.ready_chunks == 6, timeout_s=120)
         ray.get(actor.stop.remote())
         summary = ray.get(running, timeout=30)
         assert summary["chunks"] == 6 and summary["backend"] == "oracle"
