@@ -43,7 +43,8 @@ class CollectConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
-def _drain(replay: ReplayClient, writer: DatasetWriter, last_id: int) -> int:
+def drain_new_chunks(replay: ReplayClient, writer: DatasetWriter, last_id: int) -> int:
+    """Append every chunk stored after `last_id` to the dataset; returns the newest id saved."""
     while ids := replay.chunk_ids_after(last_id):
         for chunk_id in ids:
             blob = replay.get_chunk_blob(chunk_id)
@@ -73,7 +74,7 @@ def run_collection(config: CollectConfig, redis_url: str) -> dict:
         stats = replay.stats()
         progress.update(stats.inserted_steps, chunks=stats.inserted_chunks, replay_mb=stats.stored_bytes / 1e6)
         if writer is not None:
-            last_id = _drain(replay, writer, last_id)
+            last_id = drain_new_chunks(replay, writer, last_id)
     progress.update(replay.stats().inserted_steps, force=True)
     progress.close()
     wall_s = time.perf_counter() - start
@@ -81,7 +82,7 @@ def run_collection(config: CollectConfig, redis_url: str) -> dict:
         ray.kill(actor)
     stats = replay.stats()
     if writer is not None:
-        _drain(replay, writer, last_id)
+        drain_new_chunks(replay, writer, last_id)
         writer.close(env_steps=stats.inserted_steps)
     check = _read_back(replay, config.check_batch, config.actor.seed)
     return _summary(config, reports, stats, wall_s, check, spec)

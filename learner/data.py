@@ -151,6 +151,7 @@ def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
 
 def _collect_in_process(config: CollectConfig, replay: ReplayClient, redis_url: str) -> dict:
     """One rollout worker in this process fills the replay; its chunks are then saved in order."""
+    from actors.collect import drain_new_chunks
     from actors.rollout import RolloutWorker
 
     worker = RolloutWorker(0, config.env, config.actor, redis_url, config.replay)
@@ -159,10 +160,6 @@ def _collect_in_process(config: CollectConfig, replay: ReplayClient, redis_url: 
     finally:
         worker.close()
     writer = DatasetWriter(config.out, {"env": env_spec(config.env), "collect": config_to_dict(config)})
-    last_id = 0
-    while ids := replay.chunk_ids_after(last_id):
-        for chunk_id in ids:
-            writer.append_blob(replay.get_chunk_blob(chunk_id))
-            last_id = chunk_id
+    drain_new_chunks(replay, writer, last_id=0)
     writer.close(env_steps=report.env_steps)
     return dataclasses.asdict(report)
