@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from common.masks import morph_mask
 
 
 @dataclass
@@ -32,16 +33,10 @@ class ImperfectionConfig:
 
 
 def morph(masks: np.ndarray, radius: int) -> np.ndarray:
-    """Dilate (radius > 0) or erode (radius < 0) uint8 masks (N, H, W) with a (2r+1)^2 square."""
+    """`common.masks.morph_mask` on uint8 masks (N, H, W)."""
     if radius == 0:
         return masks
-    r = abs(radius)
-    x = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
-    if radius > 0:
-        x = F.max_pool2d(x, 2 * r + 1, stride=1, padding=r)
-    else:  # erosion = complement of the dilated complement; outside the frame counts as background
-        x = 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), 2 * r + 1, stride=1)
-    return x[:, 0].numpy().astype(np.uint8)
+    return morph_mask(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)), radius).numpy().astype(np.uint8)
 
 
 class Imperfection:

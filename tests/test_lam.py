@@ -12,7 +12,8 @@ import torch._dynamo  # noqa: F401  (loads triton at collection, before any test
 # after MuJoCo's EGL context crashed pytest once, when AdamW first imported it)
 
 from learner.data import TransitionData, Windows
-from learner.lam.batch import input_channels, make_batch, morph_mask, occlude_mask, reconstruction_loss
+from common.masks import morph_mask
+from learner.lam.batch import input_channels, make_batch, occlude_mask, reconstruction_loss
 from learner.lam.config import METHODS, LAMConfig, MethodConfig, ModelConfig, OptimConfig, lam_config
 from learner.lam.train import build_model, load_model, make_probe_set, train_lam
 

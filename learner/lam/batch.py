@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.masks import morph_mask
 from learner.data import Windows
 from learner.lam.config import MethodConfig, ModelConfig
 
@@ -46,16 +47,6 @@ def input_channels(method: MethodConfig, model: ModelConfig) -> tuple[int, int]:
     per_frame = frame_channels(method)
     idm = per_frame * (method.context_frames + method.future_frames) + (3 if model.frame_diff else 0)
     return idm, per_frame * method.context_frames
-
-
-def morph_mask(masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """Dilate (radius > 0) or erode (radius < 0) binary masks (N, H, W) with a square kernel."""
-    if radius == 0:
-        return masks
-    size = 2 * abs(radius) + 1
-    x = masks[:, None] if radius > 0 else 1.0 - masks[:, None]
-    grown = F.max_pool2d(x, size, stride=1, padding=abs(radius))[:, 0]
-    return grown if radius > 0 else 1.0 - grown
 
 
 def occlude_mask(masks: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
