@@ -102,6 +102,37 @@ SEGMENTER_PENDING_ENTRIES = gauge("segmenter_pending_entries",
                                   "Chunks delivered to a segmenter instance and not yet acknowledged")
 
 
+# -- learner ----------------------------------------------------------------------------------
+# Served by the learner process itself (prometheus_client). `phase` is lam|policy;
+# `loss` is a fixed name per phase (reconstruction, vq, probe, critic, actor, alpha, ...).
+LEARNER_UPDATES = counter("learner_updates", "Gradient updates of the learner (rate() = updates/s)", ("phase",))
+LEARNER_UPDATE_SECONDS = histogram("learner_update_seconds", "Time of one learner update (sampling excluded)",
+                                   LATENCY_BUCKETS_S, ("phase",))
+LEARNER_DATA_WAIT_SECONDS = counter("learner_data_wait_seconds",
+                                    "Time the learner waited for data (sampling and rate limiter)")
+LEARNER_SAMPLE_SECONDS = histogram("learner_sample_seconds", "Time to sample one batch from the replay",
+                                   LATENCY_BUCKETS_S)
+LEARNER_LOSS = gauge("learner_loss", "Latest value of each training loss", ("phase", "loss"))
+LEARNER_PROBE_NMSE = gauge("learner_probe_nmse_ratio",
+                           "Linear-probe MSE / action variance of the LAM latent on held-out labelled data")
+LEARNER_EVAL_RETURN = gauge("learner_eval_return", "Mean return of the latest evaluation episodes")
+LEARNER_EPISODE_RETURN = gauge("learner_episode_return", "Mean return of recently finished training episodes")
+LEARNER_WEIGHTS_VERSION = gauge("learner_weights_version", "Version of the policy weights last published")
+LEARNER_POLICY_LAG = gauge("learner_policy_lag_versions",
+                           "Published weights version minus the oldest version acting in the sampled batch")
+LEARNER_DATA_AGE_SECONDS = histogram("learner_data_age_seconds", "Age of sampled chunks when they are trained on",
+                                     (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0))
+LEARNER_SAMPLES_PER_INSERT = gauge("learner_samples_per_insert_ratio",
+                                   "Transitions sampled per transition inserted, achieved over the run")
+LEARNER_ACTOR_RESTARTS = counter("learner_actor_restarts", "Rollout or segmenter actors restarted", ("role",))
+REPLAY_ITEMS = gauge("replay_items", "Chunks held by the replay")
+REPLAY_READY_ITEMS = gauge("replay_ready_items", "Chunks with masks, ready to sample")
+REPLAY_BYTES = gauge("replay_bytes", "Bytes of chunk data held by the replay")
+# Cumulative figures kept in Redis: the learner adds the change since its last poll.
+REPLAY_EVICTED_ITEMS = counter("replay_evicted_items", "Chunks evicted by the replay's FIFO policy")
+REPLAY_DEAD_LETTER_ITEMS = counter("replay_dead_letter_items", "Entries refused as malformed and kept for inspection")
+
+
 class Metrics:
     """Records `MetricSpec`s through prometheus_client or ray.util.metrics.
 
