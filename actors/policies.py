@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from common.envs import Observation
+from common.latent_policy import FrameStacker, PixelPolicy
+from common.nets import TanhGaussianActor
+from common.weights import WeightsDecodeError, decode_policy
 
 
 class BehaviourPolicy(Protocol):
@@ -48,3 +52,66 @@ class CorrelatedRandomPolicy:
         c = self.correlation
         self.previous = np.clip(c * self.previous + np.sqrt(1 - c * c) * noise, -1.0, 1.0).astype(np.float32)
         return self.previous.copy()
+
+
+class ExpertPolicy:
+    """A state-based expert (learner.experts) acting from proprioceptive state.
+
+    `noise` > 0 adds Gaussian noise to its deterministic action, for more varied data.
+    """
+
+    def __init__(self, actor: TanhGaussianActor, rng: np.random.Generator, noise: float = 0.0):
+        self.actor, self.rng, self.noise = actor, rng, noise
+
+    def reset(self, env_index: int) -> None:
+        pass
+
+    def act(self, observations: list[Observation]) -> np.ndarray:
+        states = torch.from_numpy(np.stack([o.state for o in observations]).astype(np.float32))
+        with torch.no_grad():
+            actions = self.actor.deterministic(states).numpy()
+        return _with_noise(actions, self.noise, self.rng)
+
+
+class PixelPolicyBehaviour:
+    """Acts from frames with a published pixel policy (latent policy + decoder).
+
+    Until the first weights arrive it acts with `fallback`; `load(blob)` swaps in new
+    weights (validated: a bad blob raises WeightsDecodeError and keeps the old ones).
+    """
+
+    def __init__(self, num_envs: int, image_size: int, rng: np.random.Generator, fallback: BehaviourPolicy,
+                 noise: float = 0.0):
+        self.rng, self.noise, self.fallback, self.image_size = rng, noise, fallback, image_size
+        self.policy: PixelPolicy | None = None
+        self.version = 0
+        self.num_envs = num_envs
+        self.stacker: FrameStacker | None = None
+
+    def load(self, blob: bytes) -> int:
+        version, policy = decode_policy(blob)
+        if policy.spec.image_size != self.image_size:
+            raise WeightsDecodeError(f"the published policy sees {policy.spec.image_size}-px frames, this actor's "
+                                     f"env renders {self.image_size}-px; run both with the same --image-size")
+        if self.policy is None or policy.spec.frames != self.policy.spec.frames:
+            self.stacker = FrameStacker(self.num_envs, policy.spec.frames)
+        self.policy, self.version = policy, version
+        return version
+
+    def reset(self, env_index: int) -> None:
+        self.fallback.reset(env_index)
+        if self.stacker is not None:
+            self.stacker.reset(env_index)
+
+    def act(self, observations: list[Observation]) -> np.ndarray:
+        if self.policy is None:
+            return self.fallback.act(observations)
+        for i, observation in enumerate(observations):
+            self.stacker.push(i, observation.frame)
+        return _with_noise(self.policy.act(self.stacker.batch()), self.noise, self.rng)
+
+
+def _with_noise(actions: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    if noise > 0:
+        actions = np.clip(actions + rng.normal(0.0, noise, actions.shape), -1.0, 1.0)
+    return actions.astype(np.float32)

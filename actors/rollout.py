@@ -16,10 +16,10 @@ from typing import Literal
 import numpy as np
 import ray
 
-from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy
+from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy, ExpertPolicy, PixelPolicyBehaviour
 from common import metrics as m
 from common.codec import Chunk
-from common.envs import EnvConfig, Observation, StepResult, make_env
+from common.envs import DistractorWrapper, EnvConfig, Observation, StepResult, make_env
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
 
 
@@ -29,8 +29,14 @@ class ActorConfig:
 
     envs_per_actor: int = field(default=1, metadata={"help": "envs stepped by each actor"})
     chunk_length: int = field(default=32, metadata={"help": "steps per chunk (T); T+1 frames"})
-    policy: Literal["random"] = field(default="random", metadata={"help": "behaviour policy"})
+    policy: Literal["random", "expert", "latent"] = field(default="random", metadata={
+        "help": "behaviour policy: random (AR(1)), expert (state-based, from --expert-dir), latent (published pixel "
+                "policy; --initial-policy until the first weights)"})
+    initial_policy: Literal["random", "expert"] = field(default="random", metadata={
+        "help": "what a latent-policy actor acts with before it has weights"})
     action_correlation: float = field(default=0.8, metadata={"help": "AR(1) correlation of random actions (0 = iid)"})
+    action_noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise on expert/latent actions"})
+    expert_dir: str = field(default="models/experts", metadata={"help": "folder of committed experts (<dir>/<env>/)"})
     split: Literal["train", "eval"] = field(default="train", metadata={"help": "background split the actors use"})
     segment: bool = field(default=False, metadata={"help": "send chunks to the segmenter instead of using ground-truth masks"})
     seed: int = field(default=0, metadata={"help": "base seed of envs and policies"})
@@ -50,6 +56,22 @@ class RolloutReport:
     @property
     def steps_per_s(self) -> float:
         return self.env_steps / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_behaviour(config: ActorConfig, env: DistractorWrapper, num_envs: int,
+                   rng: np.random.Generator) -> BehaviourPolicy:
+    """The behaviour policy `config.policy` names, for `num_envs` envs like `env`."""
+    def simple(kind: str) -> BehaviourPolicy:
+        if kind == "expert":
+            from learner.experts import load_expert  # a torch checkpoint; only expert actors need it
+            actor, _ = load_expert(env.config.env_id, env.pixels.action_repeat, config.expert_dir)
+            return ExpertPolicy(actor, rng, config.action_noise)
+        return CorrelatedRandomPolicy(num_envs, env.action_dim, rng, correlation=config.action_correlation)
+
+    if config.policy == "latent":
+        return PixelPolicyBehaviour(num_envs, env.frame_shape[0], rng, simple(config.initial_policy),
+                                    config.action_noise)
+    return simple(config.policy)
 
 
 class _ChunkBuffer:
@@ -97,14 +119,20 @@ class RolloutWorker:
         self.limiter = RateLimiter(self.replay, limiter_config) if limiter_config else None
         self.envs = [make_env(env_config, env_seed(actor_config.seed, actor_id, i), actor_config.split)
                      for i in range(actor_config.envs_per_actor)]
-        rng = np.random.default_rng([actor_config.seed, actor_id])
-        self.policy: BehaviourPolicy = CorrelatedRandomPolicy(len(self.envs), self.envs[0].action_dim, rng,
-                                                              correlation=actor_config.action_correlation)
+        self.policy = make_behaviour(actor_config, self.envs[0], len(self.envs),
+                                     np.random.default_rng([actor_config.seed, actor_id]))
         self.policy_version = 0
         self.episode_counts = [0] * len(self.envs)
         self.episode_steps = [0] * len(self.envs)
         self.chunk_starts = [0] * len(self.envs)
         self.buffers = [self._start_episode(i) for i in range(len(self.envs))]
+
+    def set_weights(self, blob: bytes) -> int:
+        """Act with newly published pixel-policy weights from now on; returns their version."""
+        if not isinstance(self.policy, PixelPolicyBehaviour):
+            raise TypeError(f"a {self.config.policy!r}-policy actor takes no weights; use --policy latent")
+        self.policy_version = self.policy.load(blob)
+        return self.policy_version
 
     def _start_episode(self, index: int) -> _ChunkBuffer:
         self.policy.reset(index)

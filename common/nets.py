@@ -1,13 +1,20 @@
-"""Network blocks shared by several roles: the IMPALA CNN (Espeholt et al., 2018).
+"""Network blocks shared by several roles: the IMPALA CNN (Espeholt et al., 2018) and the
+tanh-Gaussian MLP actor.
 
 The LAM's inverse dynamics model and world model (learner/) and the latent policy that
-actors act with are all built from these stages, so they are defined once, here.
+actors act with are all built from these stages, so they are defined once, here. The
+MLP actor is the SAC experts' policy, the action decoder and the online RL actor.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 def orthogonal_init(module: nn.Module, gain: float = 2**0.5) -> None:
@@ -71,3 +78,30 @@ class ImpalaEncoder(nn.Module):
         for _ in range(num_stages):
             side = (side + 1) // 2
         return side
+
+
+def mlp(inputs: int, outputs: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, outputs))
+
+
+class TanhGaussianActor(nn.Module):
+    """pi(a|s): a Gaussian squashed by tanh into [-1, 1]^A."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * action_dim, hidden)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised sample and its log-probability."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        action = torch.tanh(pre_tanh)
+        log_prob = (-0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
+        log_prob -= (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
+        return action, log_prob
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs).chunk(2, dim=-1)[0])

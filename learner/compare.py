@@ -1,14 +1,18 @@
 """`python -m learner.compare`: the paper's offline comparison, LAPO vs MaskLAM, as a table.
 
 1. Collect (or reuse, keyed by their settings, under --data-dir) three datasets through
-   the actors, all with iid uniform random actions and oracle masks:
+   the actors, with the committed expert (`--data-policy expert`, the paper's protocol) or
+   iid uniform random actions, and oracle masks:
      train   the training distribution (the distractor as configured, train backgrounds);
      indist  held-out episodes from the same distribution;
      eval    held-out episodes on evaluation backgrounds with rho = 0: the background's
              motion is independent of the action, so a latent that encodes the background
              gains nothing from the correlation. The headline probe is scored here.
 2. Train every method with every seed on the same data and budget (OUT/runs/<method>/seed<s>,
-   checkpointed and resumable; a finished run is reused).
+   checkpointed and resumable; a finished run is reused). With expert data, each run then
+   goes through the downstream protocol (learner/downstream.py): latent behaviour cloning,
+   an action decoder per label budget, and evaluation episodes, whose return is normalised
+   by the expert's return on the same env and episodes.
 3. Write OUT/results.json (means over seeds, `_std` spreads, per-seed values), the plots
    and the resolved config, and print the table.
 
@@ -37,6 +41,7 @@ from common.envs import EnvConfig, env_spec
 from common.replay import redis_url_or_embedded
 from learner import plots
 from learner.data import DatasetSpec, TransitionData, ensure_dataset, gather_windows, load_dataset
+from learner.downstream import DownstreamConfig, expert_reference, run_downstream
 from learner.lam.batch import make_batch
 from learner.lam.config import METHODS, lam_config
 from learner.lam.train import load_model, make_probe_set, train_lam
@@ -64,6 +69,11 @@ class CompareConfig:
     jobs: int = field(default=1, metadata={"help": "training processes at once"})
     torch_threads: int = field(default=1, metadata={"help": "torch threads per training process"})
     collect_actors: int = field(default=1, metadata={"help": "rollout actors when collecting"})
+    data_policy: Literal["expert", "random"] = field(default="expert", metadata={
+        "help": "who acts in the datasets: the committed expert (needed for returns) or iid uniform random actions"})
+    data_action_noise: float = field(default=0.1, metadata={"help": "std of Gaussian noise on the expert's actions"})
+    expert_dir: str = field(default="models/experts", metadata={"help": "folder of committed experts"})
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda)"})
     redis_url: str | None = field(default=None, metadata={"help": "Redis for collection; default: embedded"})
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -96,7 +106,9 @@ def dataset_specs(config: CompareConfig) -> dict[str, DatasetSpec]:
     sizes = {"train": config.train_steps, "indist": config.heldout_steps, "eval": config.heldout_steps}
     envs = {"train": config.env, "indist": config.env, "eval": decorrelated}
     return {name: DatasetSpec(envs[name], "eval" if name == "eval" else "train", DATA_SEEDS[name], sizes[name],
-                              config.collect_actors) for name in sizes}
+                              config.collect_actors, policy=config.data_policy,
+                              action_noise=config.data_action_noise if config.data_policy == "expert" else 0.0,
+                              expert_dir=config.expert_dir) for name in sizes}
 
 
 @dataclass
@@ -106,18 +118,26 @@ class Job:
     data: dict[str, str]  # dataset name -> folder
     out: str
     config: CompareConfig
+    expert_return: float | None  # None: no downstream protocol (random-action data)
 
 
 def run_job(job: Job) -> dict:
-    """Train one (method, seed) in a worker process (loads the datasets itself)."""
+    """Train one (method, seed) in a worker process (loads the datasets itself), then run
+    the downstream protocol on it when there is an expert to normalise by."""
     torch.set_num_threads(job.config.torch_threads)
     c = job.config
     lam = lam_config(c.preset, job.method, updates=c.updates, batch_size=c.batch_size)
     train = load_dataset(job.data["train"])
     probe_sets = {name: make_probe_set(load_dataset(job.data[name]), lam.method.probe_window, c.probe_samples, seed=0)
                   for name in ("eval", "indist")}
-    return train_lam(lam, train, probe_sets, job.out, job.seed, c.eval_every, label=f"{job.method}/seed{job.seed}",
-                     device=c.device)
+    label = f"{job.method}/seed{job.seed}"
+    metrics = train_lam(lam, train, probe_sets, job.out, job.seed, c.eval_every, label=label, device=c.device)
+    if job.expert_return is None:
+        return metrics
+    model, _ = load_model(job.out)
+    downstream = run_downstream(model, lam, train, c.env, c.downstream, job.expert_return, job.seed, job.out,
+                                label=label)
+    return {**metrics, **{k: v for k, v in downstream.items() if k != "settings"}}
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None]:
@@ -141,9 +161,15 @@ def aggregate(runs: list[dict]) -> dict:
     result["final_losses"] = {k: float(np.mean([r["final_losses"][k] for r in runs])) for k in runs[0]["final_losses"]}
     result["updates"] = runs[0]["updates"]
     result["parameters"] = runs[0]["parameters"]
-    result["normalized_return"] = None  # the downstream protocol belongs to a later issue
-    result["return"] = None
-    curves = ("loss_curve", "probe_curve", "config")  # kept in each run's metrics.json
+    downstream = all("budgets" in r for r in runs)
+    for key in ("return", "normalized_return", "bc_probe_nmse_online"):
+        result[key], result[f"{key}_std"] = _mean_std([r[key] for r in runs]) if downstream else (None, None)
+    if downstream:
+        result["label_budgets"] = [b["label_budget"] for b in runs[0]["budgets"]]
+        for key in ("return", "normalized_return"):
+            result[f"{key}_per_budget"], result[f"{key}_per_budget_std"] = _mean_std_lists(
+                [[b[key] for b in r["budgets"]] for r in runs])
+    curves = ("loss_curve", "probe_curve", "config", "bc_curve")  # kept in each run's own files
     result["per_seed"] = [{k: v for k, v in r.items() if k not in curves} for r in runs]
     return result
 
@@ -175,17 +201,22 @@ def print_table(methods: dict[str, dict]) -> None:
         return "  n/a      " if mean is None else f"{mean:5.3f}±{std:5.3f}"
 
     print(f"\n  {'method':<14} {'probe_nmse':<12} {'indist':<12} {'background':<12} {'online':<12} "
-          f"{'train s':>8}  per-dim (decorrelated eval)")
+          f"{'norm return':<12} {'train s':>8}  per-dim (decorrelated eval)")
     for name, m in methods.items():
         per_dim = " ".join("n/a" if v is None else f"{v:.2f}" for v in m["probe_nmse_per_dim"])
         print(f"  {name:<14} {fmt(m['probe_nmse'], m['probe_nmse_std'])} "
               f"{fmt(m['probe_nmse_indist'], m['probe_nmse_indist_std'])} "
               f"{fmt(m['background_nmse'], m['background_nmse_std'])} "
-              f"{fmt(m['probe_nmse_online'], m['probe_nmse_online_std'])} {m['train_seconds']:8.0f}  {per_dim}")
+              f"{fmt(m['probe_nmse_online'], m['probe_nmse_online_std'])} "
+              f"{fmt(m['normalized_return'], m['normalized_return_std'])} {m['train_seconds']:8.0f}  {per_dim}")
     if "lapo" in methods:
+        lapo = methods["lapo"]
         for name, m in methods.items():
             if name != "lapo" and m["probe_nmse"]:
-                print(f"  LAPO / {name} probe nMSE ratio: {methods['lapo']['probe_nmse'] / m['probe_nmse']:.2f}")
+                print(f"  LAPO / {name} probe nMSE ratio: {lapo['probe_nmse'] / m['probe_nmse']:.2f}")
+            if name != "lapo" and m["normalized_return"] is not None and lapo["normalized_return"]:
+                print(f"  {name} / LAPO normalised return ratio: "
+                      f"{m['normalized_return'] / lapo['normalized_return']:.2f}")
 
 
 def run_comparison(config: CompareConfig) -> dict:
@@ -202,9 +233,14 @@ def run_comparison(config: CompareConfig) -> dict:
     with redis_url_or_embedded(config.redis_url) as url, ProcessPoolExecutor(1, mp_context=spawn) as pool:
         data = {name: str(pool.submit(ensure_dataset, spec, config.data_dir, url).result())
                 for name, spec in specs.items()}
+        expert = (pool.submit(expert_reference, config.env, config.downstream, config.expert_dir).result()
+                  if config.data_policy == "expert" else None)
     collect_seconds = time.perf_counter() - start
+    if expert is not None:
+        print(f"expert return on the evaluation episodes: {expert['return']:.1f}", flush=True)
 
-    jobs = [Job(m, s, data, str(out / "runs" / m / f"seed{s}"), config) for m in methods for s in range(config.seeds)]
+    jobs = [Job(m, s, data, str(out / "runs" / m / f"seed{s}"), config, expert and expert["return"])
+            for m in methods for s in range(config.seeds)]
     with ProcessPoolExecutor(config.jobs, mp_context=spawn) as pool:
         results = list(pool.map(run_job, jobs))
     per_method = {m: [r for j, r in zip(jobs, results) if j.method == m] for m in methods}
@@ -212,7 +248,7 @@ def run_comparison(config: CompareConfig) -> dict:
     summary = {name: aggregate(runs) for name, runs in per_method.items()}
     resolved = {**config_to_dict(config), "env_spec": env_spec(config.env),
                 "eval_env_spec": env_spec(specs["eval"].env), "datasets": data,
-                "collect_seconds": collect_seconds,
+                "collect_seconds": collect_seconds, "expert_reference": expert,
                 "lam": {m: config_to_dict(lam_config(config.preset, m, updates=config.updates,
                                                      batch_size=config.batch_size)) for m in methods}}
     results_json = {"methods": summary, "config": resolved}
@@ -222,6 +258,8 @@ def run_comparison(config: CompareConfig) -> dict:
     plots.plot_losses(per_method, out / "loss_curves.png")
     plots.plot_probe_curves(per_method, out / "probe_curves.png")
     plots.plot_nmse_bars(summary, out / "probe_nmse.png")
+    if expert is not None:
+        plots.plot_return_vs_budget(summary, out / "return_vs_budget.png")
     prediction_grid(methods, {m: out / "runs" / m / "seed0" for m in methods}, load_dataset(data["eval"]),
                     out / "predictions.png")
     print_table(summary)

@@ -99,7 +99,8 @@ def load_dataset(directory: str | Path) -> TransitionData:
 
 @dataclass
 class DatasetSpec:
-    """What to collect: env settings, background split, seed and size (iid random actions)."""
+    """What to collect: env settings, background split, seed, size and behaviour policy
+    (iid uniform random actions, or the committed expert with Gaussian action noise)."""
 
     env: EnvConfig
     split: str
@@ -107,11 +108,19 @@ class DatasetSpec:
     steps: int
     num_actors: int = 1
     chunk_length: int = 32
+    policy: str = "random"
+    action_noise: float = 0.0
+    expert_dir: str = "models/experts"
 
     def key(self) -> str:
-        """A short hash of everything that decides the data (not the actor count)."""
+        """A short hash of everything that decides the data (not the actor count); for expert
+        data this includes the expert's own record, so a retrained expert means new data."""
         payload = {"env": config_to_dict(self.env), "split": self.split, "seed": self.seed, "steps": self.steps,
                    "chunk_length": self.chunk_length, "policy": "iid-uniform"}
+        if self.policy == "expert":
+            from learner.experts import expert_record
+            record = expert_record(self.env.env_id, self.env.action_repeat, self.expert_dir)
+            payload |= {"policy": "expert", "action_noise": self.action_noise, "expert": record}
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -134,7 +143,8 @@ def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
     config = CollectConfig(
         num_actors=spec.num_actors, total_env_steps=spec.steps, out=str(directory), save_dataset=True,
         check_batch=16, env=dataclasses.replace(spec.env),
-        actor=ActorConfig(chunk_length=spec.chunk_length, action_correlation=0.0, split=spec.split, seed=spec.seed),
+        actor=ActorConfig(chunk_length=spec.chunk_length, policy=spec.policy, action_correlation=0.0,
+                          action_noise=spec.action_noise, expert_dir=spec.expert_dir, split=spec.split, seed=spec.seed),
         replay=ReplayConfig(run_name=f"lamdata-{spec.key()}", capacity_chunks=10**6, capacity_bytes=2**40))
     replay = ReplayClient(redis_url, config.replay)
     replay.clear()

@@ -21,6 +21,7 @@ import torch
 
 from common.config import parse_config, save_resolved_config
 from common.envs.pixels import PixelMujocoEnv, task_view
+from common.nets import TanhGaussianActor
 from common.progress import Progress
 from learner.rl.sac import SACAgent, SACConfig
 
@@ -141,6 +142,36 @@ def save_expert(agent: SACAgent, config: ExpertConfig, out: Path, returns: list[
               "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
               "eval_episodes": len(returns), "trained_steps": step}
     (out / "expert.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+class ExpertNotFoundError(FileNotFoundError):
+    """No trained expert for a task, or one trained for other dynamics; says how to get one."""
+
+
+def expert_record(env_id: str, action_repeat: int, directory: str | Path = "models/experts") -> dict:
+    """The committed expert's expert.json, checked to act at the env's control rate
+    (`action_repeat` 0 = the task default): a policy trained at one rate is no expert at another."""
+    folder = Path(directory) / env_id
+    action_repeat = action_repeat or task_view(env_id).action_repeat
+    try:
+        record = json.loads((folder / "expert.json").read_text())
+    except FileNotFoundError as exc:
+        raise ExpertNotFoundError(f"no expert for {env_id} in {folder}; train one with "
+                                  f"`python -m learner.experts --env {env_id} --action-repeat {action_repeat}`") from exc
+    if record["action_repeat"] != action_repeat:
+        raise ExpertNotFoundError(f"the expert in {folder} acts every {record['action_repeat']} gym steps, the env "
+                                  f"every {action_repeat}; use --action-repeat {record['action_repeat']} or train "
+                                  f"an expert with --action-repeat {action_repeat}")
+    return record
+
+
+def load_expert(env_id: str, action_repeat: int, directory: str | Path = "models/experts"
+                ) -> tuple[TanhGaussianActor, dict]:
+    """The committed expert for `env_id`: its actor (eval mode) and its expert.json record."""
+    record = expert_record(env_id, action_repeat, directory)
+    actor = TanhGaussianActor(record["obs_dim"], record["action_dim"], record["hidden"])
+    actor.load_state_dict(torch.load(Path(directory) / env_id / "actor.pt", map_location="cpu", weights_only=True))
+    return actor.eval(), record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,21 @@ def plot_prediction_grid(context: np.ndarray, target: np.ndarray, mask: np.ndarr
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_return_vs_budget(methods: dict[str, dict], path: Path) -> None:
+    """Normalised return (mean ± std over seeds) against the decoder's labelled budget."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in methods.items():
+        if not m.get("label_budgets"):
+            continue
+        budgets = np.array(m["label_budgets"])
+        mean, std = np.array(m["normalized_return_per_budget"]), np.array(m["normalized_return_per_budget_std"])
+        ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=3, label=name)
+    ax.axhline(1.0, color="grey", linestyle=":", label="expert")
+    ax.set(xscale="log", xlabel="labelled transitions (action decoder)", ylabel="normalised return",
+           title="return of latent policy + decoder / expert return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
