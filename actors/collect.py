@@ -19,10 +19,13 @@ import numpy as np
 import ray
 
 from actors.rollout import ActorConfig, RolloutReport, start_rollout_actors
+from common.cli import ConfigError, config_errors, run_main
 from common.cluster import init_ray
 from common.config import config_to_dict, parse_config, save_resolved_config
 from common.dataset import DatasetWriter
 from common.envs import EnvConfig, env_spec
+from common.envs.distractors import check_config
+from common.envs.pixels import task_view
 from common.progress import Progress
 from common.replay import ReplayClient, ReplayConfig, redis_url_or_embedded
 
@@ -133,10 +136,15 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(CollectConfig, argv)
+    if config.num_actors < 1 or config.total_env_steps < 1:
+        raise ConfigError("--num-actors and --total-env-steps must be at least 1", "pass positive numbers")
+    with config_errors("see python -m actors.collect --help"):
+        check_config(config.env)
+        task_view(config.env.env_id)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, out)
-    with redis_url_or_embedded(config.redis_url) as url:
+    with redis_url_or_embedded(config.redis_url, config.replay) as url:
         summary = run_collection(config, url)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
@@ -145,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,7 +9,9 @@ whole chunk.
 
 A chunk never crosses an episode boundary: it holds `T` decisions and `T + 1` frames
 of one episode (`T` is shorter only when the episode ends). Decoding validates
-everything and raises `ChunkDecodeError` naming what is wrong.
+everything and raises `ChunkDecodeError` naming what is wrong. `decode_layout` checks
+a blob from its first bytes alone (header and array descriptors), for readers that
+fetch only a window of frames.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 SCHEMA_VERSION = 1
 MAX_BLOB_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+_UNPACK_LIMITS = dict(strict_map_key=True, max_bin_len=MAX_BLOB_BYTES, max_str_len=MAX_HEADER_BYTES,
+                      max_array_len=4096, max_map_len=256, max_ext_len=0)
 
 HEADER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "schema": int,
@@ -51,6 +55,17 @@ ARRAY_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class ChunkDecodeError(ValueError):
     """A blob is not a valid chunk. The message names the problem and what was expected."""
+
+
+class ChunkTooLarge(ChunkDecodeError):
+    """A blob is over the configured size limit (refused before it is parsed or stored)."""
+
+
+def check_blob_size(nbytes: int, max_bytes: int = MAX_BLOB_BYTES) -> None:
+    """Refuse a blob over `max_bytes` with a message that says how to make chunks smaller."""
+    if nbytes > max_bytes:
+        raise ChunkTooLarge(f"chunk blob is {nbytes} bytes, over the {max_bytes}-byte limit; lower the chunk "
+                            "length or frame size, or raise --max-chunk-bytes")
 
 
 @dataclass
@@ -120,17 +135,13 @@ def encode_chunk(chunk: Chunk) -> tuple[bytes, ChunkLayout]:
     return blob, layout
 
 
-def decode_chunk(blob: bytes) -> Chunk:
+def decode_chunk(blob: bytes, max_bytes: int = MAX_BLOB_BYTES) -> Chunk:
     """Decode and fully validate a blob; raises ChunkDecodeError on anything unexpected."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise ChunkDecodeError(f"chunk blob must be bytes, got {type(blob).__name__}")
-    if len(blob) > MAX_BLOB_BYTES:
-        raise ChunkDecodeError(f"chunk blob is {len(blob)} bytes, over the {MAX_BLOB_BYTES}-byte limit; "
-                               "lower the chunk length or frame size")
+    check_blob_size(len(blob), max_bytes)
     try:
-        items = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_bin_len=MAX_BLOB_BYTES,
-                                max_str_len=MAX_HEADER_BYTES, max_array_len=4096, max_map_len=256,
-                                max_ext_len=0)
+        items = msgpack.unpackb(blob, raw=False, **_UNPACK_LIMITS)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ChunkDecodeError(f"chunk blob is not valid msgpack ({type(exc).__name__}: {exc}); "
                                "it is truncated or was not written by this codec") from exc
@@ -142,13 +153,54 @@ def decode_chunk(blob: bytes) -> Chunk:
         raise ChunkDecodeError("chunk descriptors do not match the number of array payloads")
     arrays = {}
     for descriptor, payload in zip(descriptors, payloads):
-        name, arr = _array_from_descriptor(descriptor, payload)
-        arrays[name] = arr
+        name, shape, nbytes = _descriptor(descriptor)
+        if not isinstance(payload, bytes):
+            raise ChunkDecodeError(f"array {name!r} payload is {type(payload).__name__}, expected bytes")
+        if len(payload) != nbytes:
+            raise ChunkDecodeError(f"array {name!r} has {len(payload)} bytes, shape {shape} needs {nbytes}; "
+                                   "the blob is truncated or corrupt")
+        arrays[name] = np.frombuffer(payload, dtype=ARRAY_SPECS[name][0]).reshape(shape)
     _validate_arrays(arrays)
     return Chunk(**{k: v for k, v in header.items() if k != "schema"}, **arrays)
 
 
-def _array_from_descriptor(descriptor: object, payload: object) -> tuple[str, np.ndarray]:
+def decode_layout(prefix: bytes, blob_length: int, max_bytes: int = MAX_BLOB_BYTES) -> tuple[dict, ChunkLayout]:
+    """Validate a stored blob from its first bytes and say where its arrays sit.
+
+    For readers that fetch only a window of frames (GETRANGE) and so never see the whole
+    blob: `prefix` must reach past the array descriptors (the first `MAX_HEADER_BYTES`
+    always do), `blob_length` is the blob's full length. Header, descriptors, shapes and
+    the total length are checked; array contents are not (masks and actions are checked
+    by `decode_chunk` and by the writer). Returns the header and the layout.
+    """
+    check_blob_size(blob_length, max_bytes)
+    unpacker = msgpack.Unpacker(raw=False, **_UNPACK_LIMITS)
+    unpacker.feed(prefix)
+    try:
+        count = unpacker.read_array_header()
+        header, descriptors = unpacker.unpack(), unpacker.unpack()
+    except msgpack.OutOfData:
+        raise ChunkDecodeError("chunk blob ends inside its header; it is truncated or not a chunk") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ChunkDecodeError(f"chunk blob does not start with a chunk header ({type(exc).__name__}: {exc}); "
+                               "it was not written by this codec") from exc
+    if not isinstance(header, dict) or not isinstance(descriptors, list) or count != 2 + len(descriptors):
+        raise ChunkDecodeError("chunk blob is msgpack but not a chunk: expected [header, descriptors, arrays...]")
+    _validate_header(header)
+    offsets, shapes, position = {}, {}, unpacker.tell()
+    for descriptor in descriptors:
+        name, shape, nbytes = _descriptor(descriptor)
+        offsets[name], shapes[name] = position + _bin_prefix_len(nbytes), tuple(shape)
+        position = offsets[name] + nbytes
+    _validate_shapes({name: (np.dtype(ARRAY_SPECS[name][0]), shape) for name, shape in shapes.items()})
+    if position != blob_length:
+        raise ChunkDecodeError(f"chunk blob is {blob_length} bytes, its descriptors need {position}; "
+                               "it is truncated or corrupt")
+    return header, ChunkLayout(shapes["actions"][0], shapes["frames"][1:], offsets)
+
+
+def _descriptor(descriptor: object) -> tuple[str, list[int], int]:
+    """Name, shape and byte size of one array descriptor [name, dtype, shape]."""
     if (not isinstance(descriptor, list) or len(descriptor) != 3 or not isinstance(descriptor[0], str)
             or not isinstance(descriptor[1], str) or not isinstance(descriptor[2], list)):
         raise ChunkDecodeError(f"array descriptor {descriptor!r:.80} is not [name, dtype, shape]")
@@ -158,16 +210,9 @@ def _array_from_descriptor(descriptor: object, payload: object) -> tuple[str, np
     expected_dtype = ARRAY_SPECS[name][0]
     if dtype_name != expected_dtype:
         raise ChunkDecodeError(f"array {name!r} has dtype {dtype_name!r:.20}, expected {expected_dtype!r}")
-    if not all(isinstance(s, int) and 0 <= s < 2**31 for s in shape):
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in shape):
         raise ChunkDecodeError(f"array {name!r} has an invalid shape {shape!r:.80}")
-    if not isinstance(payload, bytes):
-        raise ChunkDecodeError(f"array {name!r} payload is {type(payload).__name__}, expected bytes")
-    dtype = np.dtype(expected_dtype)
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(payload) != expected_bytes:
-        raise ChunkDecodeError(f"array {name!r} has {len(payload)} bytes, shape {shape} needs {expected_bytes}; "
-                               "the blob is truncated or corrupt")
-    return name, np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return name, shape, int(np.prod(shape, dtype=np.int64)) * np.dtype(expected_dtype).itemsize
 
 
 def _validate_header(header: dict) -> None:
@@ -188,26 +233,30 @@ def _validate_header(header: dict) -> None:
         raise ChunkDecodeError(f"chunk split {header['split']!r:.20} is not 'train' or 'eval'")
 
 
-def _validate_arrays(arrays: dict[str, np.ndarray]) -> None:
+def _validate_shapes(arrays: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Every array present, of its dtype, with shapes that agree on T, H, W, A and S."""
     missing = sorted(set(ARRAY_SPECS) - set(arrays))
     if missing:
         raise ChunkDecodeError(f"chunk lacks arrays {missing}")
-    frames = arrays["frames"]
-    if frames.ndim != 4:
-        raise ChunkDecodeError(f"frames must be (T+1, H, W, 3), got shape {frames.shape}")
-    sizes = {"T": frames.shape[0] - 1, "H": frames.shape[1], "W": frames.shape[2],
-             "A": arrays["actions"].shape[-1] if arrays["actions"].ndim == 2 else -1,
-             "S": arrays["states"].shape[-1] if arrays["states"].ndim == 2 else -1}
+    frames, actions, states = arrays["frames"][1], arrays["actions"][1], arrays["states"][1]
+    if len(frames) != 4:
+        raise ChunkDecodeError(f"frames must be (T+1, H, W, 3), got shape {frames}")
+    sizes = {"T": frames[0] - 1, "H": frames[1], "W": frames[2],
+             "A": actions[-1] if len(actions) == 2 else -1, "S": states[-1] if len(states) == 2 else -1}
     if sizes["T"] < 1:
         raise ChunkDecodeError("a chunk needs at least one step (two frames)")
     for name, (dtype, dims) in ARRAY_SPECS.items():
-        arr = arrays[name]
+        actual_dtype, shape = arrays[name]
         expected = tuple(sizes["T"] + 1 if d == "T+1" else sizes[d] if d in sizes else int(d) for d in dims)
-        if arr.dtype != np.dtype(dtype):
-            raise ChunkDecodeError(f"array {name!r} has dtype {arr.dtype}, expected {dtype}")
-        if arr.shape != expected:
-            raise ChunkDecodeError(f"array {name!r} has shape {arr.shape}, expected {expected} "
+        if actual_dtype != np.dtype(dtype):
+            raise ChunkDecodeError(f"array {name!r} has dtype {actual_dtype}, expected {dtype}")
+        if tuple(shape) != expected:
+            raise ChunkDecodeError(f"array {name!r} has shape {tuple(shape)}, expected {expected} "
                                    f"(T={sizes['T']} steps, frame {sizes['H']}x{sizes['W']})")
+
+
+def _validate_arrays(arrays: dict[str, np.ndarray]) -> None:
+    _validate_shapes({name: (arr.dtype, arr.shape) for name, arr in arrays.items()})
     if arrays["masks"].size and arrays["masks"].max() > 1:
         raise ChunkDecodeError("masks must be binary (0 = background, 1 = agent)")
     if not np.isfinite(arrays["actions"]).all():

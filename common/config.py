@@ -17,6 +17,8 @@ import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from common.cli import ArgumentParser
+
 T = TypeVar("T")
 
 # Keys whose values must never reach a file on disk (passwords live in Redis URLs).
@@ -92,7 +94,7 @@ def dataclass_from_args(cls: type[T], namespace: argparse.Namespace) -> T:
 
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
     """Parse a command line straight into dataclass `cls`."""
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
+    parser = ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
     add_dataclass_arguments(parser, cls)
     return dataclass_from_args(cls, parser.parse_args(argv))
 

@@ -7,7 +7,8 @@ latencies, and labels only with a small fixed set of values (never ids or hostna
 Where the figures go depends on the process, not on the code that records them:
   * inside Ray (rollout actors, segmenter actors) through `ray.util.metrics`, which each
     node's metrics agent serves; Ray prepends `ray_` to the names it exports
-    (`ray_masklam_segmenter_frames_total`), so dashboards match `(ray_)?masklam_...`;
+    (`ray_masklam_segmenter_frames_total`), and deploy/prometheus.yml strips it at
+    scrape time, so Prometheus and the dashboard see one name, `masklam_...`, from both;
   * in a plain process (the learner, `python -m segmenter.main`) through a
     prometheus_client registry served over HTTP with `Metrics.serve(port)`.
 Services call `metrics.inc(SEGMENTER_FRAMES, n, backend="sam")` and work in both.
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 PREFIX = "masklam_"
 _NAME = re.compile(r"^masklam_[a-z][a-z0-9_]*$")
@@ -131,6 +135,10 @@ REPLAY_BYTES = gauge("replay_bytes", "Bytes of chunk data held by the replay")
 # Cumulative figures kept in Redis: the learner adds the change since its last poll.
 REPLAY_EVICTED_ITEMS = counter("replay_evicted_items", "Chunks evicted by the replay's FIFO policy")
 REPLAY_DEAD_LETTER_ITEMS = counter("replay_dead_letter_items", "Entries refused as malformed and kept for inspection")
+# Counted by every process's replay client where it runs (actors, segmenters, learner).
+REPLAY_RECONNECTS = counter("replay_reconnects", "Redis outages a replay client waited out (one per outage)")
+REPLAY_RECONNECT_WAIT_SECONDS = counter("replay_reconnect_wait_seconds",
+                                        "Time replay clients waited for an unreachable Redis to come back")
 
 
 class Metrics:
@@ -170,12 +178,21 @@ class Metrics:
     def observe(self, spec: MetricSpec, value: float, **labels: str) -> None:
         self._record(spec, "histogram", value, labels)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Expose the prometheus registry on http://address:port/metrics (plain processes only)."""
+    def serve(self, port: int, address: str = "127.0.0.1") -> WSGIServer:
+        """Expose the prometheus registry on http://address:port/metrics (plain processes only).
+
+        Loopback by default: Prometheus runs beside the learner (on the cluster's head too);
+        pass address="0.0.0.0" only where a Prometheus on another host must scrape it. It
+        serves nothing but this registry: GET on any path returns its exposition (an empty
+        /favicon.ico aside), other methods 405. Returns the server, running in a daemon
+        thread: `server_port` is the port bound (port=0 picks a free one), and
+        `shutdown()` then `server_close()` stop it.
+        """
         if self.exporter != "prometheus":
             raise RuntimeError("inside Ray, metrics are served by Ray's metrics agent, not by this process")
         from prometheus_client import start_http_server
-        start_http_server(port, addr=address, registry=self.registry)
+        server, _ = start_http_server(port, addr=address, registry=self.registry)
+        return server
 
     def _record(self, spec: MetricSpec, kind: Kind, value: float, labels: dict[str, str]) -> None:
         if spec.kind != kind:

@@ -22,7 +22,6 @@ sizes, updates); any flag given on the command line overrides its preset default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -36,8 +35,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from common.cli import ArgumentParser, config_errors, run_main
 from common.config import add_dataclass_arguments, config_to_dict, dataclass_from_args, save_resolved_config
 from common.envs import EnvConfig, env_spec
+from common.envs.distractors import check_config
+from common.envs.pixels import task_view
 from common.replay import redis_url_or_embedded
 from learner import plots
 from learner.data import DatasetSpec, TransitionData, ensure_dataset, gather_windows, load_dataset
@@ -93,10 +95,10 @@ def preset_defaults(preset: str) -> CompareConfig:
 
 def parse_compare_config(argv: list[str] | None = None) -> CompareConfig:
     """Parse twice: first --preset, then every flag with that preset's defaults."""
-    first = argparse.ArgumentParser(add_help=False)
+    first = ArgumentParser(add_help=False)
     first.add_argument("--preset", default="ci", choices=["ci", "paper"])
     preset = first.parse_known_args(argv)[0].preset
-    parser = argparse.ArgumentParser(description=CompareConfig.__doc__)
+    parser = ArgumentParser(description=CompareConfig.__doc__)
     add_dataclass_arguments(parser, CompareConfig, preset_defaults(preset))
     return dataclass_from_args(CompareConfig, parser.parse_args(argv))
 
@@ -268,9 +270,15 @@ def run_comparison(config: CompareConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run_comparison(parse_compare_config(argv))
+    config = parse_compare_config(argv)
+    with config_errors("see python -m learner.compare --help"):
+        check_config(config.env)
+        task_view(config.env.env_id)
+        for method in config.methods.split(","):
+            lam_config(config.preset, method.strip())
+    run_comparison(config)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

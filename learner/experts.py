@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import ConfigError, config_errors, run_main
 from common.config import parse_config, save_resolved_config
 from common.envs.pixels import PixelMujocoEnv, task_view
 from common.nets import TanhGaussianActor
@@ -144,7 +145,7 @@ def save_expert(agent: SACAgent, config: ExpertConfig, out: Path, returns: list[
     (out / "expert.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-class ExpertNotFoundError(FileNotFoundError):
+class ExpertNotFoundError(ConfigError):
     """No trained expert for a task, or one trained for other dynamics; says how to get one."""
 
 
@@ -156,11 +157,11 @@ def expert_record(env_id: str, action_repeat: int, directory: str | Path = "mode
     try:
         record = json.loads((folder / "expert.json").read_text())
     except FileNotFoundError as exc:
-        raise ExpertNotFoundError(f"no expert for {env_id} in {folder}; train one with "
+        raise ExpertNotFoundError(f"no expert for {env_id} in {folder}", "train one with "
                                   f"`python -m learner.experts --env {env_id} --action-repeat {action_repeat}`") from exc
     if record["action_repeat"] != action_repeat:
         raise ExpertNotFoundError(f"the expert in {folder} acts every {record['action_repeat']} gym steps, the env "
-                                  f"every {action_repeat}; use --action-repeat {record['action_repeat']} or train "
+                                  f"every {action_repeat}", f"use --action-repeat {record['action_repeat']} or train "
                                   f"an expert with --action-repeat {action_repeat}")
     return record
 
@@ -175,11 +176,14 @@ def load_expert(env_id: str, action_repeat: int, directory: str | Path = "models
 
 
 def main(argv: list[str] | None = None) -> int:
-    summary = train_expert(parse_config(ExpertConfig, argv))
+    config = parse_config(ExpertConfig, argv)
+    with config_errors("see python -m learner.experts --help"):
+        task_view(config.env_id)
+    summary = train_expert(config)
     print(f"{summary['env_id']}: mean return {summary['mean_return']:.1f} ± {summary['std_return']:.1f} "
           f"over {summary['eval_episodes']} episodes (best of {len(summary['history'])} evaluations)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -13,14 +13,18 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server redis-tools)
+# Prometheus for `make monitor` and tests/test_monitoring.py (Grafana is not in Debian).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 # Headless MuJoCo rendering: EGL and OSMesa from Mesa (software rendering without a GPU).
 dpkg -s libegl1 libgl1-mesa-dri libosmesa6 >/dev/null 2>&1 || need_apt+=(libegl1 libgl1-mesa-dri libosmesa6)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-  # Debian starts a system-wide redis on install; we only need the binary.
-  ($SUDO systemctl disable --now redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1) || true
+  # Debian starts system-wide redis and prometheus services on install; we only need the binaries.
+  for service in redis-server prometheus; do
+    ($SUDO systemctl disable --now "$service" >/dev/null 2>&1 || $SUDO service "$service" stop >/dev/null 2>&1) || true
+  done
 fi
 
 PY=${PYTHON:-python3.11}

@@ -25,7 +25,6 @@ class SegmenterConfig:
         "help": "entries pending this long on another instance are claimed (it is presumed dead)"})
     max_deliveries: int = field(default=5, metadata={
         "help": "an entry delivered more often than this without being finished goes to the dead-letter list"})
-    dead_letter_cap: int = field(default=10_000, metadata={"help": "records kept in <run>:dead-letter"})
     group: str = field(default="segmenter", metadata={"help": "consumer group shared by a run's instances"})
     device: str = field(default="auto", metadata={"help": "torch device for sam/student; auto = GPU if visible"})
     torch_threads: int = field(default=0, metadata={

@@ -5,7 +5,8 @@ nothing to do on a private empty Redis), serves Prometheus metrics on `--metrics
 (0 = off), and runs until `--max-seconds`, until the stream is empty with
 `--stop-when-idle`, or until SIGTERM/SIGINT (it then finishes its open batch). With
 `--out DIR` it writes the resolved config (without the Redis password) and, at the
-end, `summary.json`. Start several to share the work.
+end, `summary.json`. Start several to share the work. Prefer $MASKLAM_REDIS_URL to
+`--redis-url`: a password on the command line is visible in the process list.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.cli import ConfigError, run_main
 from common.config import parse_config, save_resolved_config
 from common.metrics import Metrics
 from common.replay import ReplayConfig
@@ -34,12 +36,12 @@ class SegmenterMainConfig:
 
     redis_url: str | None = field(default=None, metadata={
         "help": f"redis:// URL of the replay (with credentials); default ${REDIS_URL_ENV}"})
-    run_name: str = field(default="masklam", metadata={"help": "key prefix of the run in Redis"})
     metrics_port: int = field(default=0, metadata={"help": "serve Prometheus metrics on this port (0 = off)"})
     max_seconds: float | None = field(default=None, metadata={"help": "stop after this many seconds"})
     stop_when_idle: bool = field(default=False, metadata={"help": "stop once the to-segment stream is empty"})
     out: str | None = field(default=None, metadata={"help": "folder for config.json and summary.json"})
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,18 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(SegmenterMainConfig, argv)
     url = config.redis_url or os.environ.get(REDIS_URL_ENV)
     if not url:
-        print(f"segmenter: no replay to serve: pass --redis-url or set {REDIS_URL_ENV} "
-              "(the URL of the run's Redis, e.g. redis://:PASSWORD@host:6379/0)", file=sys.stderr)
-        return 2
+        raise ConfigError("the segmenter has no replay to serve",
+                          f"pass --redis-url or set {REDIS_URL_ENV} (the URL of the run's Redis, "
+                          "e.g. redis://:PASSWORD@host:6379/0)")
     if config.out:
         save_resolved_config(config, config.out)
     metrics = Metrics("prometheus")
-    service = SegmenterService(config.segmenter, url, ReplayConfig(run_name=config.run_name), metrics=metrics)
+    service = SegmenterService(config.segmenter, url, config.replay, metrics=metrics)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.stop())
-    log.info("consumer %s serving run %r with the %s backend", service.consumer, config.run_name,
+    log.info("consumer %s serving run %r with the %s backend", service.consumer, config.replay.run_name,
              config.segmenter.backend)
     summary = service.run(config.max_seconds, config.stop_when_idle)
     service.close()
@@ -70,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -14,6 +14,11 @@ consumer name, so instances share the work. One `step()`:
      knobs, writes masks with `mark_ready`, then XACKs and XDELs the entries.
 Delivery is at-least-once: an entry is acknowledged only after its masks are written,
 and `mark_ready` is idempotent, so a chunk redone after a crash or a claim is harmless.
+Every Redis operation waits out outages through the replay client's `OutageGuard`
+(each is safe to repeat: a read whose reply was lost leaves its entries pending on
+this consumer, and they come back through a claim). A malformed chunk (refused by
+the codec, over `max_chunk_bytes`, under a key of the wrong type) is removed from the
+replay and recorded by `ReplayClient.dead_letter`, then acknowledged.
 Acknowledged entries are deleted from the stream, so XLEN is the number of chunks not
 yet finished. A chunk is never marked ready without masks of its own shape.
 
@@ -26,7 +31,6 @@ same class as a Ray actor and `start_segmenters` places instances on the cluster
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -44,12 +48,15 @@ from common import metrics as m
 from common.codec import Chunk, ChunkDecodeError, decode_chunk
 from common.metrics import Metrics
 from common.replay import ReplayClient, ReplayConfig
+from common.replay.client import SOCKET_TIMEOUT_S
 from segmenter.backends import make_backend, resolve_device
 from segmenter.config import SegmenterConfig
 from segmenter.imperfection import Imperfection
 from segmenter.quality import mask_iou
 
 GAUGE_INTERVAL_S = 1.0
+# A blocking read must end well within the socket timeout, or it would look like an outage.
+MAX_BLOCK_MS = int(SOCKET_TIMEOUT_S * 1000 / 2)
 
 
 @dataclass
@@ -101,15 +108,16 @@ class SegmenterService:
     def __init__(self, config: SegmenterConfig, replay_url: str, replay_config: ReplayConfig,
                  metrics: Metrics | None = None, consumer: str | None = None):
         self.config = config
-        self.replay = ReplayClient(replay_url, replay_config)
+        self.metrics = metrics or Metrics.for_this_process()
+        self.replay = ReplayClient(replay_url, replay_config, self.metrics)
         self.redis = self.replay.redis
+        self.call = self.replay.call
         self.stream = self.replay.keys.to_segment
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.backend = make_backend(config, resolve_device(config.device))
         self.imperfection = Imperfection(config.imperfection, config.seed)
-        self.metrics = metrics or Metrics.for_this_process()
         self.metrics.constant_labels.setdefault("backend", self.backend.name)
         self.stats = SegmenterStats(self.consumer, self.backend.name)
         self._batch: list[_Work] = []
@@ -158,7 +166,7 @@ class SegmenterService:
 
     def idle(self) -> bool:
         """Nothing in hand, the last read found nothing, and no chunk is left on the stream."""
-        return not self._batch and self._last_read_empty and self.redis.xlen(self.stream) == 0
+        return not self._batch and self._last_read_empty and self.call(self.redis.xlen, self.stream) == 0
 
     def summary(self) -> dict:
         return {**self.stats.summary(), **self.backend.report()}
@@ -171,15 +179,16 @@ class SegmenterService:
 
     def close(self) -> None:
         """Leave the group if nothing is pending on this consumer (pending entries must stay claimable)."""
-        pending = self.redis.xpending_range(self.stream, self.config.group, "-", "+", 1, consumername=self.consumer)
+        pending = self.call(self.redis.xpending_range, self.stream, self.config.group, "-", "+", 1,
+                            consumername=self.consumer)
         if not pending:
-            self.redis.xgroup_delconsumer(self.stream, self.config.group, self.consumer)
+            self.call(self.redis.xgroup_delconsumer, self.stream, self.config.group, self.consumer)
         self.redis.close()
 
     # -- reading -----------------------------------------------------------------------------
     def _ensure_group(self) -> None:
         try:
-            self.redis.xgroup_create(self.stream, self.config.group, id="0", mkstream=True)
+            self.call(self.redis.xgroup_create, self.stream, self.config.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -194,8 +203,8 @@ class SegmenterService:
         else:
             block_ms = self.config.poll_ms
         try:
-            reply = self.redis.xreadgroup(self.config.group, self.consumer, {self.stream: ">"}, count=count,
-                                          block=max(1, block_ms))
+            reply = self.call(self.redis.xreadgroup, self.config.group, self.consumer, {self.stream: ">"},
+                              count=count, block=min(max(1, block_ms), MAX_BLOCK_MS))
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -206,9 +215,10 @@ class SegmenterService:
     def _claim(self) -> list[tuple[bytes, dict | None]]:
         """Entries pending too long on other instances, now ours; poison entries moved aside."""
         try:
-            cursor, entries, _deleted = self.redis.xautoclaim(
-                self.stream, self.config.group, self.consumer, min_idle_time=self.config.claim_idle_ms,
-                start_id=self._claim_cursor, count=max(1, int(self.config.batch_frames / self._frames_per_chunk)))
+            cursor, entries, _deleted = self.call(
+                self.redis.xautoclaim, self.stream, self.config.group, self.consumer,
+                min_idle_time=self.config.claim_idle_ms, start_id=self._claim_cursor,
+                count=max(1, int(self.config.batch_frames / self._frames_per_chunk)))
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -221,11 +231,8 @@ class SegmenterService:
             return []
         self.stats.claimed += len(entries)
         self.metrics.inc(m.SEGMENTER_CLAIMED_ENTRIES, len(entries))
-        self.redis.hincrby(self.replay.keys.segmenter_stats, "claimed", len(entries))
-        pipe = self.redis.pipeline(transaction=False)
-        for entry_id, _ in entries:
-            pipe.xpending_range(self.stream, self.config.group, entry_id, entry_id, 1)
-        deliveries = [rows[0]["times_delivered"] if rows else 0 for rows in pipe.execute()]
+        self.call(self.redis.hincrby, self.replay.keys.segmenter_stats, "claimed", len(entries))
+        deliveries = [rows[0]["times_delivered"] if rows else 0 for rows in self.call(self._deliveries, entries)]
         kept = []
         for (entry_id, fields), delivered in zip(entries, deliveries):
             if delivered > self.config.max_deliveries:
@@ -235,12 +242,19 @@ class SegmenterService:
                 kept.append((entry_id, fields))
         return kept
 
+    def _deliveries(self, entries: list[tuple[bytes, dict | None]]) -> list[list[dict]]:
+        """How often each entry was delivered (one that keeps killing segmenters is moved aside)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(self.stream, self.config.group, entry_id, entry_id, 1)
+        return pipe.execute()
+
     def _prune_consumers(self) -> None:
         """Forget consumers of dead instances once they hold nothing (bounded group size)."""
-        for info in self.redis.xinfo_consumers(self.stream, self.config.group):
+        for info in self.call(self.redis.xinfo_consumers, self.stream, self.config.group):
             name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
             if name != self.consumer and info["pending"] == 0 and info["idle"] > 10 * self.config.claim_idle_ms:
-                self.redis.xgroup_delconsumer(self.stream, self.config.group, name)
+                self.call(self.redis.xgroup_delconsumer, self.stream, self.config.group, name)
 
     def _admit(self, entries: list[tuple[bytes, dict | None]]) -> None:
         """Fetch and decode the entries' chunks into the batch; evicted and malformed ones are settled."""
@@ -252,26 +266,24 @@ class SegmenterService:
         for entry_id, fields in entries:
             text = _chunk_id_text(fields)
             ids.append(int(text) if text is not None and text.isdigit() else None)
-        pipe = self.redis.pipeline(transaction=False)
-        for chunk_id in ids:
-            if chunk_id is not None:
-                pipe.get(self.replay.keys.chunk(chunk_id))
-        blobs = iter(pipe.execute())
+        blobs = iter(self.replay.get_chunk_blobs([chunk_id for chunk_id in ids if chunk_id is not None]))
         for (entry_id, fields), chunk_id in zip(entries, ids):
             if chunk_id is None:
-                self._dead_letter(entry_id, _chunk_id_text(fields),
-                                  f"stream entry has no integer 'id' field: {fields!r:.200}")
+                self._dead_letter(entry_id, None, f"stream entry has no integer 'id' field: {fields!r:.200}")
                 continue
             blob = next(blobs)
             if blob is None:
                 self._settle_evicted([entry_id])
                 continue
             try:
-                chunk = decode_chunk(blob)
+                if isinstance(blob, ChunkDecodeError):
+                    raise blob
+                chunk = decode_chunk(blob, self.replay.config.max_chunk_bytes)
                 if chunk.chunk_id != chunk_id:
                     raise ChunkDecodeError(f"blob stored under chunk id {chunk_id} carries chunk id {chunk.chunk_id}")
             except ChunkDecodeError as exc:
-                self._dead_letter(entry_id, str(chunk_id), f"ChunkDecodeError: {exc}")
+                self._dead_letter(entry_id, chunk_id, f"{type(exc).__name__}: {exc}",
+                                  blob if isinstance(blob, bytes) else b"")
                 continue
             if not self._batch:
                 self._batch_opened = time.monotonic()
@@ -339,9 +351,12 @@ class SegmenterService:
             self.metrics.observe(m.SEGMENTER_MASK_IOU, float(iou.mean()))
 
     def _acknowledge(self, entry_ids: list[bytes], counts: dict[str, int]) -> None:
-        """XACK + XDEL the entries and count them in the run-wide hash, atomically."""
-        if not entry_ids:
-            return
+        """XACK + XDEL the entries and count them in the run-wide hash, atomically (a retry
+        after a lost reply acknowledges nothing twice, but may count twice)."""
+        if entry_ids:
+            self.call(self._acknowledge_once, entry_ids, counts)
+
+    def _acknowledge_once(self, entry_ids: list[bytes], counts: dict[str, int]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(self.stream, self.config.group, *entry_ids)
         pipe.xdel(self.stream, *entry_ids)
@@ -356,26 +371,25 @@ class SegmenterService:
             self.stats.evicted += len(entry_ids)
             self.metrics.inc(m.SEGMENTER_SKIPPED_CHUNKS, len(entry_ids), reason="evicted")
 
-    def _dead_letter(self, entry_id: bytes, chunk_id: str | None, error: str) -> None:
-        """Move an entry aside: record it in the capped `<run>:dead-letter` list, count, acknowledge."""
-        record = json.dumps({"entry_id": entry_id.decode(), "chunk_id": chunk_id, "error": error[:1000],
-                             "consumer": self.consumer, "time": time.time()})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.replay.keys.dead_letter, record)
-        pipe.ltrim(self.replay.keys.dead_letter, 0, self.config.dead_letter_cap - 1)
-        pipe.execute()
+    def _dead_letter(self, entry_id: bytes, chunk_id: int | str | None, error: str, head: bytes = b"") -> None:
+        """Move an entry aside: remove its chunk, record it in `<run>:dead-letter`, count, acknowledge."""
+        self.replay.dead_letter(chunk_id, error, head, entry_id=entry_id.decode(), consumer=self.consumer,
+                                source="segmenter")
         self._acknowledge([entry_id], {"dead_letter": 1})
         self.stats.dead_letter += 1
         self.metrics.inc(m.SEGMENTER_SKIPPED_CHUNKS, 1, reason="dead_letter")
 
     def _update_gauges(self) -> None:
         self._last_gauges = time.monotonic()
+        queued, pending = self.call(self._queue_figures)
+        self.metrics.set(m.SEGMENTER_QUEUE_ENTRIES, queued)
+        self.metrics.set(m.SEGMENTER_PENDING_ENTRIES, pending["pending"])
+
+    def _queue_figures(self) -> list:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xlen(self.stream)
         pipe.xpending(self.stream, self.config.group)
-        queued, pending = pipe.execute()
-        self.metrics.set(m.SEGMENTER_QUEUE_ENTRIES, queued)
-        self.metrics.set(m.SEGMENTER_PENDING_ENTRIES, pending["pending"])
+        return pipe.execute()
 
 
 def _chunk_id_text(fields: dict | None) -> str | None:
@@ -399,8 +413,14 @@ def placement_options(cluster_resources: dict[str, float], count: int) -> dict:
     return options
 
 
-def start_segmenters(count: int, config: SegmenterConfig, replay_url: str,
-                     replay_config: ReplayConfig) -> list[ray.actor.ActorHandle]:
-    """Start `count` segmenter actors (GPU when the cluster has one); call `.run.remote()` on each."""
+def start_segmenters(count: int, config: SegmenterConfig, replay_url: str, replay_config: ReplayConfig,
+                     max_restarts: int = 5) -> list[ray.actor.ActorHandle]:
+    """Start `count` segmenter actors (GPU when the cluster has one); call `.run.remote()` on each.
+
+    A dead instance is restarted by Ray up to `max_restarts` times, and the calls it was
+    serving (`run`) are resubmitted to the new one, which goes on serving; the dead one's
+    pending entries are claimed after `claim_idle_ms`, by it or another instance.
+    """
     options = placement_options(ray.cluster_resources(), count)
-    return [SegmenterActor.options(**options).remote(config, replay_url, replay_config) for _ in range(count)]
+    return [SegmenterActor.options(**options, max_restarts=max_restarts, max_task_retries=-1).remote(
+        config, replay_url, replay_config) for _ in range(count)]

@@ -84,6 +84,7 @@ def test_non_binary_masks_and_nan_actions_are_refused():
         encode_chunk(chunk)
 
 
+@pytest.mark.faults
 def test_pickle_and_foreign_data_are_refused_not_executed():
     class Boom:
         def __reduce__(self):
@@ -104,6 +105,7 @@ def test_oversized_blob_is_refused_before_parsing():
         decode_chunk(Huge(b"\x90"))
 
 
+@pytest.mark.faults
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzzed_corruptions_raise_only_chunk_decode_error(data):

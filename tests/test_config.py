@@ -31,6 +31,7 @@ def test_bad_choice_exits_with_usage_error(capsys):
     assert "invalid choice: 'rain'" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_resolved_config_is_saved_without_secrets(tmp_path):
     config = parse_config(CollectConfig, ["--redis-url", "redis://:hunter2@10.0.0.1:6379/0"])
     path = save_resolved_config(config, tmp_path)

@@ -57,6 +57,7 @@ def test_windows_longer_than_short_chunks_skip_them(replay_factory):
         replay.sample(4, 12, np.random.default_rng(0))
 
 
+@pytest.mark.faults
 def test_fifo_eviction_by_chunk_count(replay_factory):
     replay = replay_factory(capacity_chunks=5)
     ids = [replay.insert(synthetic_chunk(first_step=10 * i)) for i in range(9)]
@@ -169,6 +170,7 @@ def test_rate_limiter_times_out_with_a_named_reason(replay_factory):
         limiter.await_sample(4, timeout_s=0.2)
 
 
+@pytest.mark.faults
 def test_embedded_server_requires_password_binds_loopback_and_stops():
     with EmbeddedRedis() as server:
         with pytest.raises(redis.exceptions.AuthenticationError):

@@ -17,6 +17,7 @@ import pytest
 import ray
 
 from common import metrics as m
+from common.cli import ConfigError
 from common.cluster import init_ray
 from common.metrics import Metrics
 from conftest import synthetic_chunk
@@ -127,6 +128,7 @@ def test_two_instances_share_the_work_without_loss_or_duplicates(redis_server, r
     assert sum(seg.stats.chunks for seg in services) == 40
 
 
+@pytest.mark.faults
 def test_a_killed_instance_leaves_its_batch_to_be_claimed_and_finished(redis_server, replay_factory):
     replay = replay_factory()
     truth = insert_chunks(replay, 5)
@@ -159,6 +161,7 @@ def test_a_killed_instance_leaves_its_batch_to_be_claimed_and_finished(redis_ser
     assert replay.redis.xpending(replay.keys.to_segment, "segmenter")["pending"] == 0
 
 
+@pytest.mark.faults
 def test_malformed_chunks_go_to_the_dead_letter_list_and_the_service_goes_on(redis_server, replay_factory):
     replay = replay_factory()
     truth = insert_chunks(replay, 2)
@@ -191,6 +194,7 @@ def test_chunks_evicted_before_segmentation_are_acknowledged_and_counted(redis_s
     assert replay.redis.xlen(replay.keys.to_segment) == 0
 
 
+@pytest.mark.faults
 def test_an_entry_that_keeps_failing_is_moved_aside_after_max_deliveries(redis_server, replay_factory):
     replay = replay_factory()
     (chunk_id,) = insert_chunks(replay, 1)
@@ -207,10 +211,12 @@ def test_an_entry_that_keeps_failing_is_moved_aside_after_max_deliveries(redis_s
     assert record["chunk_id"] == str(chunk_id) and "delivered 4 times" in record["error"]
 
 
+@pytest.mark.faults
 def test_cli_needs_a_replay_and_writes_its_config_without_the_password(redis_server, replay_factory, tmp_path,
                                                                       monkeypatch):
     monkeypatch.delenv("MASKLAM_REDIS_URL", raising=False)
-    assert segmenter_main(["--run-name", "x"]) == 2
+    with pytest.raises(ConfigError, match="no replay to serve"):
+        segmenter_main(["--run-name", "x"])
     replay = replay_factory()
     insert_chunks(replay, 3)
     out = tmp_path / "seg"

@@ -1,8 +1,12 @@
-"""A private redis-server for one run: free loopback port, random password, no persistence.
+"""A private redis-server for one run: free loopback port, random password.
 
 The embedded default needs no set-up beyond Debian's `redis-server` binary. The server
-lives in a temporary directory, is asked to die with its parent (PR_SET_PDEATHSIG), and
-is stopped on context exit, at interpreter exit, or when the object is collected.
+binds 127.0.0.1 only, is asked to die with its parent (PR_SET_PDEATHSIG), and is stopped
+on context exit, at interpreter exit, or when the object is collected. By default it
+lives in a temporary directory without persistence; with `data_dir` it keeps an
+append-only file there, so a server started again on that folder (after a crash, a
+kill -9, or in a resumed run) holds the replay it held. `for_replay` sizes its memory
+cap to a replay's capacity.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+
+from common.replay.client import ReplayConfig
+from common.replay.safety import required_maxmemory
 
 _SEARCH_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin")
 
@@ -57,7 +64,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop(process: subprocess.Popen, workdir: str) -> None:
+def _stop(process: subprocess.Popen, temporary_dir: str | None) -> None:
+    """SIGTERM (Redis then flushes its AOF and exits), SIGKILL after 10 s; remove a temporary folder."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -65,7 +73,8 @@ def _stop(process: subprocess.Popen, workdir: str) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+    if temporary_dir:
+        shutil.rmtree(temporary_dir, ignore_errors=True)
 
 
 class EmbeddedRedis:
@@ -73,13 +82,25 @@ class EmbeddedRedis:
 
     `maxmemory_bytes` (0 = unlimited) caps Redis itself with `noeviction`, so a full
     server refuses writes loudly instead of silently dropping keys; the replay's own
-    FIFO capacity must stay below it. `appendonly` turns on AOF persistence.
+    FIFO capacity must stay below it (`for_replay` does that). `appendonly` turns on AOF
+    persistence, fsynced every second: Redis writes the file before it replies, so a
+    kill -9 of the server loses no acknowledged write (unless a slow disk made Redis
+    postpone that write, by at most 2 s), a crash of the machine about the last second.
+    It needs `data_dir`,
+    the folder kept across restarts. `start()` again after `stop()` (or after the
+    process died) restarts it on the same port with the same password. Start it from a
+    thread that outlives it: Linux sends the parent-death signal when the starting
+    thread ends, not the process.
     """
 
-    def __init__(self, maxmemory_bytes: int = 0, appendonly: bool = False, startup_timeout_s: float = 10.0):
+    def __init__(self, maxmemory_bytes: int = 0, appendonly: bool = False, data_dir: str | None = None,
+                 startup_timeout_s: float = 10.0):
+        if appendonly and not data_dir:
+            raise ValueError("appendonly needs data_dir: a temporary folder would not outlive the server")
         self.binary = find_redis_server()
         self.maxmemory_bytes = maxmemory_bytes
         self.appendonly = appendonly
+        self.data_dir = data_dir
         self.startup_timeout_s = startup_timeout_s
         self.password = secrets.token_urlsafe(24)
         self.port = 0
@@ -87,25 +108,41 @@ class EmbeddedRedis:
         self.process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
 
+    @classmethod
+    def for_replay(cls, replay: ReplayConfig) -> "EmbeddedRedis":
+        """A server with room above the replay's capacity, persistent where it says so."""
+        persist = replay.redis_persist_dir
+        return cls(maxmemory_bytes=required_maxmemory(replay.capacity_bytes), appendonly=bool(persist),
+                   data_dir=persist)
+
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self) -> "EmbeddedRedis":
-        self.workdir = tempfile.mkdtemp(prefix="masklam-redis-")
-        self.port = _free_loopback_port()
+        if self.running:
+            raise RuntimeError(f"redis-server is already running on 127.0.0.1:{self.port}")
+        self.stop()  # the leftovers of a server that died (its temporary folder)
+        if self.data_dir:
+            Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self.workdir = self.data_dir or tempfile.mkdtemp(prefix="masklam-redis-")
+        self.port = self.port or _free_loopback_port()
         args = [self.binary, "-"]  # config from stdin keeps the password off the process list
         config = "\n".join([
             f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f'requirepass "{self.password}"',
-            f"dir {self.workdir}", 'save ""', f"appendonly {'yes' if self.appendonly else 'no'}",
-            f"maxmemory {self.maxmemory_bytes}", "maxmemory-policy noeviction", "loglevel warning",
-            f"logfile {self.workdir}/redis.log", "daemonize no",
+            f'dir "{self.workdir}"', 'save ""', f"appendonly {'yes' if self.appendonly else 'no'}",
+            "appendfsync everysec", f"maxmemory {self.maxmemory_bytes}", "maxmemory-policy noeviction",
+            "loglevel warning", f'logfile "{self.workdir}/redis.log"', "daemonize no",
         ]) + "\n"
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.process.stdin.write(config.encode())
         self.process.stdin.close()
-        self._finalizer = weakref.finalize(self, _stop, self.process, self.workdir)
+        self._finalizer = weakref.finalize(self, _stop, self.process, None if self.data_dir else self.workdir)
         self._wait_until_ready()
         return self
 
@@ -141,11 +178,12 @@ REDIS_URL_ENV = "MASKLAM_REDIS_URL"
 
 
 @contextlib.contextmanager
-def redis_url_or_embedded(url: str | None, **embedded_options) -> Iterator[str]:
-    """Yield the Redis URL to use: `url`, else $MASKLAM_REDIS_URL, else a private embedded server."""
+def redis_url_or_embedded(url: str | None, replay: ReplayConfig | None = None) -> Iterator[str]:
+    """Yield the Redis URL to use: `url`, else $MASKLAM_REDIS_URL, else a private embedded
+    server (sized and made persistent for `replay` when given; see `EmbeddedRedis.for_replay`)."""
     url = url or os.environ.get(REDIS_URL_ENV)
     if url:
         yield url
         return
-    with EmbeddedRedis(**embedded_options) as server:
+    with EmbeddedRedis.for_replay(replay) if replay else EmbeddedRedis() as server:
         yield server.url

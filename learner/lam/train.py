@@ -21,7 +21,7 @@ import torch
 from common.config import config_to_dict
 from common.progress import Progress
 from learner.data import TransitionData, Windows, gather_windows, sample_windows
-from learner.lam.batch import input_channels, make_batch, reconstruction_loss
+from learner.lam.batch import LAMBatch, input_channels, make_batch, reconstruction_loss
 from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig
 from learner.lam.model import LatentActionModel
 from learner.probe import nmse, ridge_probe
@@ -94,6 +94,17 @@ def evaluate_probes(model: LatentActionModel, config: LAMConfig, probe_sets: dic
     return results
 
 
+def lam_losses(model: LatentActionModel, config: LAMConfig, batch: LAMBatch) -> dict[str, torch.Tensor]:
+    """The objective of one batch (`loss`) and its parts: the reconstruction (masked for MaskLAM),
+    the VQ loss, and the online probe on the detached latent (it reports, it never shapes the latent)."""
+    prediction, z, vq_loss = model(batch.idm_input, batch.fdm_input)
+    mask = batch.target_mask if config.method.loss == "masked" else None
+    rec = reconstruction_loss(prediction, batch.target, mask)
+    probe = torch.nn.functional.mse_loss(model.probe(z.detach()), batch.action)
+    loss = rec + config.optim.vq_coef * vq_loss + config.optim.probe_coef * probe
+    return {"loss": loss, "reconstruction": rec, "vq": vq_loss, "probe": probe}
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
@@ -123,7 +134,7 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
     state = {"update": 0, "train_seconds": 0.0, "losses": [], "probes": []}
     checkpoint_path = out / CHECKPOINT
     if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if checkpoint["config"] == config_to_dict(config) and checkpoint["seed"] == seed:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -154,19 +165,14 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
         tick = time.perf_counter()
         windows = sample_windows(data, starts, config.optim.batch_size, method.window, rng)
         offsets = rng.integers(1, method.max_future_offset + 1, size=config.optim.batch_size)
-        batch = make_batch(windows, method, config.model, offsets, generator).to(device)
-        prediction, z, vq_loss = model(batch.idm_input, batch.fdm_input)
-        mask = batch.target_mask if method.loss == "masked" else None
-        rec = reconstruction_loss(prediction, batch.target, mask)
-        probe = torch.nn.functional.mse_loss(model.probe(z.detach()), batch.action)
-        loss = rec + config.optim.vq_coef * vq_loss + config.optim.probe_coef * probe
+        losses = lam_losses(model, config, make_batch(windows, method, config.model, offsets, generator).to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["loss"].backward()
         optimizer.step()
         scheduler.step()
         state["update"] += 1
         state["train_seconds"] += time.perf_counter() - tick
-        for name, value in (("loss", loss), ("reconstruction", rec), ("vq", vq_loss), ("probe", probe)):
+        for name, value in losses.items():
             running.setdefault(name, []).append(float(value.detach()))
         if state["update"] % log_every == 0 or state["update"] == total:
             state["losses"].append({"update": state["update"], **{k: float(np.mean(v)) for k, v in running.items()}})
@@ -175,7 +181,7 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
             probe_now()
             save()
         last = state["probes"][-1]
-        progress.update(state["update"], loss=state["losses"][-1]["loss"] if state["losses"] else float(loss.detach()),
+        progress.update(state["update"], loss=state["losses"][-1]["loss"] if state["losses"] else float(losses["loss"]),
                         probe_nmse=last["probe_nmse"])
     progress.close()
 
@@ -195,7 +201,7 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
 
 def load_model(out: str | Path) -> tuple[LatentActionModel, dict]:
     """The model saved in OUT/checkpoint.pt and its config (as a dict)."""
-    checkpoint = torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(Path(out) / CHECKPOINT, map_location="cpu", weights_only=True)
     saved = checkpoint["config"]
     config = LAMConfig(ModelConfig(**saved["model"]), MethodConfig(**saved["method"]), OptimConfig(**saved["optim"]))
     model = build_model(config, checkpoint["image_size"], checkpoint["action_dim"])

@@ -20,6 +20,8 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from common.cli import ConfigError
+
 CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 # Published file name and image-encoder width (embed_dim) of each model type.
 PUBLISHED = {"vit_b": ("sam_vit_b_01ec64.pth", 768), "vit_l": ("sam_vit_l_0b3195.pth", 1024),
@@ -27,8 +29,8 @@ PUBLISHED = {"vit_b": ("sam_vit_b_01ec64.pth", 768), "vit_l": ("sam_vit_l_0b3195
 _WIDTH_KEY = "image_encoder.patch_embed.proj.weight"
 
 
-class SamCheckpointError(RuntimeError):
-    """A SAM checkpoint is missing, unreadable, or of another model type."""
+class SamCheckpointError(ConfigError):
+    """A SAM checkpoint is missing, unreadable, or of another model type (the message says what to do)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""Command-line entry points: settings the user got wrong end in one line, not a traceback.
+
+A `ConfigError` says what is wrong and how to fix it. `run_main` runs a command's
+`main`, prints a ConfigError as `error: <what> — <how to fix>` on stderr and exits with
+status 2; any other exception is a bug and keeps its traceback. `ArgumentParser` gives
+argparse's own errors (an unknown flag, a bad choice) the same one-line form.
+
+    if __name__ == "__main__":
+        sys.exit(run_main(main))
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+
+CONFIG_ERROR_STATUS = 2  # argparse's status for usage errors
+
+
+class ConfigError(Exception):
+    """A setting, file or address the user must fix; `fix` says how."""
+
+    def __init__(self, what: str, fix: str = ""):
+        super().__init__(what, fix)
+        self.what, self.fix = what, fix
+
+    def __str__(self) -> str:
+        return f"{self.what} — {self.fix}" if self.fix else self.what
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), still exiting with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {ConfigError(message, f'see {self.prog} --help')}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR_STATUS)
+
+
+@contextlib.contextmanager
+def config_errors(fix: str) -> Iterator[None]:
+    """Treat ValueErrors raised while checking settings as the user's to fix.
+
+    Wrap only checks of user input (env ids, value ranges), never work that could fail
+    from a bug: there a ValueError must keep its traceback.
+    """
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(str(exc), fix) from None
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run `main(argv)`; a ConfigError becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return CONFIG_ERROR_STATUS

@@ -1,0 +1,445 @@
+"""Fault injection against real processes: Redis outages and restarts, kill -9, bad input in
+every key and stream the system reads, config errors of the real commands, an unprotected
+Redis on the network, and a segmenter actor killed mid-batch. `pytest -m faults` runs
+these (and the other tests marked `faults`); docs/reliability.md maps each promise to its test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import msgpack
+import numpy as np
+import pytest
+import ray
+import redis
+
+from common import metrics as m
+from common.cli import ConfigError
+from common.cluster import init_ray
+from common.codec import SCHEMA_VERSION, encode_chunk
+from common.metrics import Metrics
+from common.replay import EmbeddedRedis, RedisUnavailable, ReplayClient, ReplayConfig
+from common.replay.safety import required_maxmemory
+from conftest import synthetic_chunk
+from segmenter.config import SegmenterConfig
+from segmenter.service import SegmenterService, start_segmenters
+
+pytestmark = pytest.mark.faults
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
+FAST_SEGMENTER = dict(batch_frames=40, max_wait_ms=50, poll_ms=50)
+
+
+@pytest.fixture
+def persistent_redis(tmp_path):
+    """A private redis-server with AOF in tmp_path, restartable on the same port."""
+    with EmbeddedRedis(appendonly=True, data_dir=str(tmp_path / "redis")) as server:
+        yield server
+
+
+def during_outage(server: EmbeddedRedis, seconds: float, operation: Callable[[], T] = lambda: None) -> T:
+    """Stop the server (SIGTERM), run `operation` in a thread, start the server again on the
+    same port after `seconds`, and return what `operation` returned. (The restart happens
+    here: redis-server's parent-death signal follows the thread that started it.)"""
+    server.stop()
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(operation)
+        time.sleep(seconds)
+        server.start()
+        return result.result(timeout=60)
+
+
+def outage_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
+
+
+# -- Redis outages ---------------------------------------------------------------------------
+def test_replay_operations_wait_out_redis_restarts(persistent_redis, caplog):
+    """insert, sample, stats and mark_ready each meet a stopped Redis, wait, reconnect and go on."""
+    caplog.set_level(logging.INFO, logger="masklam.replay")
+    metrics = Metrics("prometheus")
+    replay = ReplayClient(persistent_redis.url, ReplayConfig(run_name="outage", outage_deadline_s=30), metrics)
+    waiting = synthetic_chunk(first_step=500)
+    waiting_id = replay.insert(waiting, segment=True)
+    replay.insert(synthetic_chunk(first_step=0))
+    operations = {
+        "insert": lambda: replay.insert(synthetic_chunk(first_step=100)),
+        "sample": lambda: replay.sample(16, 3, np.random.default_rng(0)),
+        "stats": replay.stats,
+        "mark_ready": lambda: replay.mark_ready(waiting_id, waiting.masks),
+    }
+    results = {}
+    for name, operation in operations.items():
+        started = time.monotonic()
+        results[name] = during_outage(persistent_redis, 1.0, operation)
+        assert time.monotonic() - started >= 1.0, f"{name} did not meet the outage"
+
+    assert results["sample"].frames.shape == (16, 3, 8, 8, 3) and results["mark_ready"] is True
+    stats = replay.stats()
+    assert stats.inserted_chunks == stats.stored_chunks == 3 and stats.ready_chunks == 3
+    assert len(outage_warnings(caplog)) == 4  # one line per outage
+    assert not any(r.exc_info for r in caplog.records)
+    assert persistent_redis.password not in caplog.text
+    assert metrics.value(m.REPLAY_RECONNECTS) == 4 == replay.guard.outages
+    assert 3.5 <= metrics.value(m.REPLAY_RECONNECT_WAIT_SECONDS) < 20
+
+
+def test_an_insert_whose_reply_was_lost_is_stored_once(replay_factory):
+    """The store script ran, then the connection dropped before its reply: the retry finds
+    the chunk's id already stored and stores nothing."""
+    replay = replay_factory()
+    store, outcomes = replay._insert, []
+
+    def commit_then_drop(**kwargs):
+        outcomes.append(store(**kwargs))
+        if len(outcomes) == 1:
+            raise redis.ConnectionError("connection dropped after the script ran")
+        return outcomes[-1]
+
+    replay._insert = commit_then_drop
+    chunk_id = replay.insert(synthetic_chunk(), segment=True)
+    assert outcomes == [1, 0]
+    stats = replay.stats()
+    assert (stats.inserted_chunks, stats.stored_chunks, stats.inserted_steps) == (1, 1, 8)
+    assert replay.redis.xlen(replay.keys.to_segment) == 1 and replay.chunk_ids_after(0) == [chunk_id]
+
+
+def test_an_outage_past_the_deadline_fails_with_redis_unavailable(persistent_redis, caplog):
+    replay = ReplayClient(persistent_redis.url, ReplayConfig(run_name="gone", outage_deadline_s=1.0),
+                          Metrics("prometheus"))
+    persistent_redis.stop()
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable, match="stayed unreachable"):
+        replay.stats()
+    assert 0.9 <= time.monotonic() - started < 5
+    assert len(outage_warnings(caplog)) == 1
+
+
+def test_segmenter_process_survives_a_redis_restart_and_logs_no_secret(persistent_redis, tmp_path):
+    """A real `python -m segmenter.main` serves, Redis restarts under it, it finishes every chunk;
+    its log has one warning for the outage, no traceback, and no password anywhere."""
+    replay = ReplayClient(persistent_redis.url, ReplayConfig(run_name="segout"))
+    before = [replay.insert(synthetic_chunk(first_step=10 * i), segment=True) for i in range(4)]
+    out = tmp_path / "seg"
+    env = {**os.environ, "MASKLAM_REDIS_URL": persistent_redis.url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segmenter.main", "--run-name", "segout", "--poll-ms", "100", "--max-wait-ms", "50",
+         "--outage-deadline-s", "60", "--out", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert replay.wait_for(lambda s: s.ready_chunks == 4, timeout_s=120), "the segmenter never started"
+        during_outage(persistent_redis, 2.0)
+        after = [replay.insert(synthetic_chunk(first_step=100 + 10 * i), segment=True) for i in range(4)]
+        assert replay.wait_for(lambda s: s.ready_chunks == 8, timeout_s=60)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert set(int(i) for i in replay.redis.zrange(replay.keys.ready, 0, -1)) == set(before + after)
+    assert len([line for line in stderr.splitlines() if "unreachable" in line]) == 1
+    assert "Traceback" not in stderr
+    written = "".join(p.read_text() for p in out.iterdir())
+    for text in (stdout, stderr, written):
+        assert persistent_redis.password not in text
+
+
+# -- persistence and memory ------------------------------------------------------------------
+def test_a_replay_with_aof_survives_kill_9_and_a_clean_restart_of_redis(persistent_redis):
+    replay = ReplayClient(persistent_redis.url, ReplayConfig(run_name="aof"))
+    ready = [replay.insert(synthetic_chunk(first_step=20 * i)) for i in range(3)]
+    waiting = [replay.insert(synthetic_chunk(first_step=100 + 20 * i), segment=True) for i in range(2)]
+    before = replay.stats()
+    for restart in ("kill -9", "SIGTERM"):
+        if restart == "kill -9":
+            persistent_redis.process.kill()
+            persistent_redis.process.wait()
+        else:
+            persistent_redis.stop()
+        persistent_redis.start()
+        fresh = ReplayClient(persistent_redis.url, ReplayConfig(run_name="aof"))
+        assert fresh.stats() == before, restart
+        batch = fresh.sample(32, 4, np.random.default_rng(0))
+        assert set(batch.chunk_ids.tolist()) <= set(ready)
+        np.testing.assert_array_equal(np.diff(batch.frames[:, :, 0, 0, 0].astype(int), axis=1), 1)
+        entries = fresh.redis.xrange(fresh.keys.to_segment)
+        assert [int(fields[b"id"]) for _, fields in entries] == waiting
+        before = fresh.stats()  # with the samples just counted
+
+
+def test_redis_memory_cap_leaves_room_and_clients_refuse_one_that_does_not(tmp_path):
+    config = ReplayConfig(run_name="mem", capacity_bytes=50 * 2**20, capacity_chunks=3)
+    with EmbeddedRedis.for_replay(config) as server:
+        admin = redis.Redis.from_url(server.url)
+        assert int(admin.config_get("maxmemory")["maxmemory"]) == required_maxmemory(config.capacity_bytes)
+        assert admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        replay = ReplayClient(server.url, config)
+        for i in range(5):  # the replay's own FIFO evicts, and counts it
+            replay.insert(synthetic_chunk(first_step=10 * i))
+        assert replay.stats().evicted_chunks == 2 and replay.stats().stored_chunks == 3
+        with pytest.raises(ConfigError, match="maxmemory .* below"):
+            ReplayClient(server.url, ReplayConfig(run_name="mem", capacity_bytes=100 * 2**20))
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(ConfigError, match="allkeys-lru"):
+            ReplayClient(server.url, config)
+
+
+# -- bad input -------------------------------------------------------------------------------
+FOREIGN = b"GIF89a" + bytes(range(256)) * 200  # not msgpack of a chunk, whatever its length
+
+
+def _other_size(chunk_id: int) -> bytes:
+    """A valid chunk under its own id, but of another frame size than its info record says."""
+    chunk = synthetic_chunk(size=16)
+    chunk.chunk_id = chunk_id
+    return encode_chunk(chunk)[0]
+
+
+def _reversion(blob: bytes) -> bytes:
+    items = msgpack.unpackb(blob, raw=False)
+    items[0]["schema"] = SCHEMA_VERSION + 1
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def _reshape(blob: bytes) -> bytes:
+    """Same bytes, but the frames descriptor claims a shape that disagrees with the masks."""
+    items = msgpack.unpackb(blob, raw=False)
+    t1, h, w, c = items[1][0][2]
+    items[1][0][2] = [t1 - 1, h * t1 // (t1 - 1), w, c] if (h * t1) % (t1 - 1) == 0 else [t1 * h, 1, w, c]
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def test_sampling_dead_letters_bad_chunks_and_still_returns_valid_batches(replay_factory):
+    writer = replay_factory()
+    ids = [writer.insert(synthetic_chunk(num_steps=8, size=8, first_step=20 * i)) for i in range(16)]
+    good, bad = ids[:6], ids[6:]
+    r, k = writer.redis, writer.keys
+    good_bytes = sum(int(r.hget(k.size, c)) for c in good)
+    blob = {cid: writer.get_chunk_blob(cid) for cid in bad}
+    corruptions = {
+        "foreign": lambda c: r.set(k.chunk(c), FOREIGN[:len(blob[c])]),
+        "truncated": lambda c: r.set(k.chunk(c), blob[c][:-100]),
+        "wrong version": lambda c: r.set(k.chunk(c), _reversion(blob[c])),
+        "wrong shape": lambda c: r.set(k.chunk(c), _other_size(c)),
+        "oversized": lambda c: r.set(k.chunk(c), b"\x00" * 40_000),
+        "wrong type": lambda c: (r.delete(k.chunk(c)), r.rpush(k.chunk(c), b"x")),
+        "non-binary masks": lambda c: r.set(k.mask(c), b"\x07" * 9 * 64),
+        "short masks": lambda c: r.set(k.mask(c), b"\x01" * 64),
+        "bad meta": lambda c: r.hset(k.meta, c, b"\xc1junk"),
+        "bad info": lambda c: r.hset(k.info, c, b"T:offset:H:W"),
+    }
+    for cid, corrupt in zip(bad, corruptions.values()):
+        corrupt(cid)
+
+    learner = replay_factory(max_chunk_bytes=20_000)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        batch = learner.sample(64, 3, rng)
+        assert set(batch.chunk_ids.tolist()) <= set(good)
+        step = batch.frames[:, :, 0, 0, 0].astype(int)
+        np.testing.assert_array_equal(np.diff(step, axis=1), 1)
+        np.testing.assert_array_equal(batch.actions[:, :, 0], step[:, :-1])
+        assert batch.masks.max() <= 1
+        if learner.stats().dead_letters == len(bad):
+            break
+    stats = learner.stats()
+    assert stats.dead_letters == len(bad)
+    assert stats.stored_chunks == stats.ready_chunks_stored == len(good)
+    assert stats.stored_bytes == good_bytes
+    records = [json.loads(x) for x in r.lrange(k.dead_letter, 0, -1)]
+    assert sorted(int(x["chunk_id"]) for x in records) == bad
+    errors = {int(x["chunk_id"]): x["error"] for x in records}
+    assert all(e.startswith(("ChunkDecodeError", "ChunkTooLarge")) for e in errors.values())
+    assert "over the 20000-byte limit" in errors[bad[4]] and "not binary" in errors[bad[6]]
+    assert not any(r.exists(k.chunk(c)) or r.exists(k.mask(c)) for c in bad)
+
+
+def test_segmenter_dead_letters_bad_stream_entries_and_goes_on(redis_server, replay_factory):
+    replay = replay_factory(max_chunk_bytes=20_000)
+    r, k = replay.redis, replay.keys
+    good = [replay.insert(synthetic_chunk(first_step=10 * i), segment=True) for i in range(3)]
+    valid = encode_chunk(synthetic_chunk())[0]
+    planted = {9001: FOREIGN[:500], 9002: valid[:-7], 9003: _reversion(valid), 9004: _reshape(valid),
+               9005: b"\x00" * 50_000}
+    for cid, blob in planted.items():
+        r.set(k.chunk(cid), blob)
+    r.rpush(k.chunk(9006), b"a list, not a blob")
+    for cid in [*planted, 9006]:
+        r.zadd(k.order, {cid: cid})
+        r.xadd(k.to_segment, {"id": cid})
+    r.xadd(k.to_segment, {"id": "not-a-number"})
+    r.xadd(k.to_segment, {"other": "field"})
+    good += [replay.insert(synthetic_chunk(first_step=100 + 10 * i), segment=True) for i in range(3)]
+
+    metrics = Metrics("prometheus")
+    service = SegmenterService(SegmenterConfig(**FAST_SEGMENTER), redis_server.url, replay.config, metrics=metrics)
+    summary = service.run(max_seconds=30, stop_when_idle=True)
+
+    assert summary["chunks"] == 6 and summary["dead_letter"] == 8
+    assert set(int(i) for i in r.zrange(k.ready, 0, -1)) == set(good)
+    assert replay.stats().dead_letters == 8 and metrics.value(m.SEGMENTER_SKIPPED_CHUNKS, reason="dead_letter") == 8
+    records = [json.loads(x) for x in r.lrange(k.dead_letter, 0, -1)]
+    errors = {x["chunk_id"]: x["error"] for x in records}
+    assert "not valid msgpack" in errors["9001"] and "truncated" in errors["9002"]
+    assert "schema version" in errors["9003"] and "shape" in errors["9004"]
+    assert errors["9005"].startswith("ChunkTooLarge") and "wrong type" in errors["9006"]
+    assert sum("no integer 'id'" in x["error"] for x in records) == 2
+    assert not any(r.exists(k.chunk(c)) for c in [*planted, 9006]) and r.zcard(k.order) == 6
+    assert r.xlen(k.to_segment) == 0
+
+
+def test_nothing_deserialises_with_pickle():
+    """Data from Redis and the network is msgpack or raw bytes: no pickle, marshal or shelve
+    anywhere, and every torch.load is weights-only (tensors and plain containers)."""
+    offenders = []
+    for folder in ("common", "actors", "segmenter", "learner"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            if re.search(r"^\s*(?:import|from)\s+(?:c?pickle|marshal|shelve|dill|cloudpickle)\b|pickle\.loads?\(",
+                         text, re.M):
+                offenders.append(f"{path}: pickle-like module")
+            for call in re.findall(r"torch\.load\([^)]*\)", text):
+                if "weights_only=True" not in call:
+                    offenders.append(f"{path}: {call}")
+    assert not offenders, offenders
+
+
+# -- config errors of the real commands --------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _garbage_checkpoint(folder: Path) -> str:
+    path = folder / "garbage.pth"
+    path.write_bytes(b"not a checkpoint" * 10)
+    return str(path)
+
+
+CONFIG_ERRORS = {
+    "unknown env": (["actors.collect", "--env", "NoSuchEnv-v5"], "unsupported env id"),
+    "bad choice": (["actors.collect", "--distractor", "rain"], "invalid choice"),
+    "bad value": (["actors.collect", "--num-actors", "0"], "at least 1"),
+    "bad type": (["segmenter.main", "--batch-frames", "many"], "invalid int value"),
+    "wrong password": (["actors.collect", "--redis-url", "{wrong_password}"], "refused our credentials"),
+    "unreachable": (["actors.collect", "--redis-url", "redis://:pw@127.0.0.1:{free_port}/0",
+                     "--connect-timeout-s", "1"], "stayed unreachable"),
+    "missing checkpoint": (["segmenter.main", "--backend", "sam", "--sam-checkpoint", "/nonexistent/sam.pth"],
+                           "does not exist"),
+    "unreadable checkpoint": (["segmenter.main", "--backend", "sam", "--sam-checkpoint", "{garbage}"],
+                              "could not be read"),
+    "no replay": (["segmenter.main", "--redis-url", ""], "no replay to serve"),
+    "expert env": (["learner.experts", "--env", "NoSuchEnv-v5"], "unsupported env id"),
+    "compare method": (["learner.compare", "--methods", "lapo,nosuch"], "unknown method"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_config_errors_exit_with_one_line_and_no_traceback(case, redis_server, tmp_path):
+    args, expected = CONFIG_ERRORS[case]
+    wrong = redis_server.url.replace(redis_server.password, "not-the-password")
+    args = [a.format(wrong_password=wrong, free_port=_free_port(), garbage=_garbage_checkpoint(tmp_path)) for a in args]
+    env = {**os.environ, "MASKLAM_REDIS_URL": redis_server.url if args[0] == "segmenter.main" and case != "no replay"
+           else ""}
+    result = subprocess.run([sys.executable, "-m", *args, "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert redis_server.password not in result.stderr + result.stdout
+
+
+# -- access ---------------------------------------------------------------------------------------
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.254", 9))  # picks the outgoing interface; sends nothing
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_an_unprotected_redis_on_the_network_is_refused_unless_allowed(tmp_path):
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    port = _free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", address, "--protected-mode", "no",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://{address}:{port}/0"
+        probe = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while not _answers(probe):
+            assert time.monotonic() < deadline, "the test's redis-server did not start"
+            time.sleep(0.05)
+        for tried in (url, f"redis://:any-password@{address}:{port}/0"):  # no auth accepts any password
+            with pytest.raises(ConfigError, match="answers without a password"):
+                ReplayClient(tried, ReplayConfig(run_name="open"))
+        replay = ReplayClient(url, ReplayConfig(run_name="open", allow_insecure_redis=True))
+        assert replay.stats().inserted_chunks == 0
+        result = subprocess.run([sys.executable, "-m", "actors.collect", "--redis-url", url, "--out",
+                                 str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith("error: ") and "--allow-insecure-redis" in result.stderr
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+# -- segmenter death inside Ray -------------------------------------------------------------------
+def test_a_killed_segmenter_actor_is_restarted_and_its_batch_finished(redis_server, replay_factory):
+    """SIGKILL a segmenter actor's worker process mid-batch (chunks read, not yet masked): Ray
+    restarts it, the interrupted `run` call resumes on the new instance, which claims the
+    dead consumer's pending entries and finishes them. No chunk is lost."""
+    replay = replay_factory()
+    config = SegmenterConfig(batch_frames=100_000, max_wait_ms=4_000, poll_ms=100, claim_idle_ms=500)
+    init_ray(None, logical_cpus=2)
+    try:
+        (actor,) = start_segmenters(1, config, redis_server.url, replay.config, max_restarts=1)
+        ray.get(actor.summary.remote(), timeout=300)  # started
+        running = actor.run.remote()
+        ids = [replay.insert(synthetic_chunk(first_step=10 * i), segment=True) for i in range(5)]
+        stream = replay.keys.to_segment
+        deadline = time.monotonic() + 60
+        while replay.redis.xpending(stream, "segmenter")["pending"] < 5:
+            assert time.monotonic() < deadline, "the actor never read the chunks"
+            time.sleep(0.02)
+        (consumer,) = replay.redis.xinfo_consumers(stream, "segmenter")
+        victim = int(consumer["name"].decode().rsplit("-", 2)[1])  # host-pid-suffix
+        os.kill(victim, signal.SIGKILL)
+        assert replay.stats().ready_chunks == 0  # killed mid-batch
+
+        assert replay.wait_for(lambda s: s.ready_chunks == 5, timeout_s=240)
+        assert set(int(i) for i in replay.redis.zrange(replay.keys.ready, 0, -1)) == set(ids)
+        assert int(replay.redis.hget(replay.keys.segmenter_stats, "claimed")) >= 5
+        assert replay.redis.xpending(stream, "segmenter")["pending"] == 0
+        ray.get(actor.stop.remote(), timeout=60)
+        summary = ray.get(running, timeout=60)
+        assert summary["chunks"] == 5 and summary["consumer"] != consumer["name"].decode()
+    finally:
+        ray.shutdown()
