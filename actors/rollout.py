@@ -5,11 +5,26 @@ class as a Ray actor, and `start_rollout_actors` places N of them on the cluster
 env accumulates its own chunk of up to `chunk_length` steps; a chunk is cut when full
 or when the episode ends, and always carries the frame after its last step, so the
 next chunk of the same episode starts with that frame again.
+
+A latent-policy actor checks the run's `WeightsChannel` at the start of every `collect`
+call and loads newer weights; the learner calls `collect` a chunk's worth of steps at a
+time (`flush_partial=False`), so new weights are picked up between chunks and chunks
+cut at the end of a call carry on into the next call instead of being written short.
+Weights that fail validation are refused (and moved aside by the channel); the actor
+keeps acting with the ones it had.
+
+Crashes: each report carries what its actor id has stored in the run so far, counted by
+the replay's insert script (`ReplayClient.stored_by_actor`) and read back when the actor
+(re)starts, so chunks stored by a call that a crash interrupted are counted in the next
+report of the restarted actor. Episode ids carry the actor's incarnation: a restarted
+actor's episodes never share an id with those of its predecessor.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +36,9 @@ from common import metrics as m
 from common.codec import Chunk
 from common.envs import DistractorWrapper, EnvConfig, Observation, StepResult, make_env
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
+from common.weights import WeightsChannel, WeightsDecodeError
+
+log = logging.getLogger("masklam.actor")
 
 
 @dataclass
@@ -47,11 +65,16 @@ class RolloutReport:
     """What one `collect` call did."""
 
     actor_id: int
+    incarnation: str = ""  # new each time the actor's process starts: a change means a restart
+    policy_version: int = 0  # weights version acted with (0 = the initial policy)
     env_steps: int = 0
     chunks: int = 0
     episodes: int = 0
     seconds: float = 0.0
     insert_wait_s: float = 0.0
+    episode_returns: list[float] = field(default_factory=list)  # of the episodes finished in this call
+    stored_chunks: int = 0  # chunks this actor id has stored in the run, as of the end of the call
+    stored_steps: int = 0  # steps in those chunks
 
     @property
     def steps_per_s(self) -> float:
@@ -70,7 +93,7 @@ def make_behaviour(config: ActorConfig, env: DistractorWrapper, num_envs: int,
 
     if config.policy == "latent":
         return PixelPolicyBehaviour(num_envs, env.frame_shape[0], rng, simple(config.initial_policy),
-                                    config.action_noise)
+                                    config.action_noise, action_dim=env.action_dim)
     return simple(config.policy)
 
 
@@ -122,26 +145,40 @@ class RolloutWorker:
         self.policy = make_behaviour(actor_config, self.envs[0], len(self.envs),
                                      np.random.default_rng([actor_config.seed, actor_id]))
         self.policy_version = 0
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.weights = WeightsChannel(self.replay) if isinstance(self.policy, PixelPolicyBehaviour) else None
+        self.episode_returns = [0.0] * len(self.envs)
         self.episode_counts = [0] * len(self.envs)
+        self.stored_chunks, self.stored_steps = self.replay.stored_by_actor().get(actor_id, (0, 0))
         self.episode_steps = [0] * len(self.envs)
         self.chunk_starts = [0] * len(self.envs)
         self.buffers = [self._start_episode(i) for i in range(len(self.envs))]
 
-    def set_weights(self, blob: bytes) -> int:
+    def set_weights(self, blob: bytes, version: int | None = None) -> int:
         """Act with newly published pixel-policy weights from now on; returns their version."""
         if not isinstance(self.policy, PixelPolicyBehaviour):
             raise TypeError(f"a {self.config.policy!r}-policy actor takes no weights; use --policy latent")
-        self.policy_version = self.policy.load(blob)
+        self.policy_version = self.policy.load(blob, version)
         return self.policy_version
+
+    def _pick_up_weights(self) -> None:
+        """Load the published weights if they are newer than ours (one GET when they are not);
+        bad ones are refused and we keep acting with ours."""
+        try:
+            self.weights.load_newer(self.policy_version, self.set_weights)
+        except WeightsDecodeError as exc:
+            log.warning("actor %d refused the published weights and keeps acting with version %d: %s",
+                        self.actor_id, self.policy_version, exc)
 
     def _start_episode(self, index: int) -> _ChunkBuffer:
         self.policy.reset(index)
+        self.episode_returns[index] = 0.0
         self.episode_steps[index] = 0
         self.chunk_starts[index] = 0
         return _ChunkBuffer(self.envs[index].reset())
 
     def _episode_id(self, index: int) -> str:
-        return f"{self.config.split}-a{self.actor_id}-e{index}-{self.episode_counts[index]}"
+        return f"{self.config.split}-a{self.actor_id}-{self.incarnation}-e{index}-{self.episode_counts[index]}"
 
     def _flush(self, index: int, report: RolloutReport) -> None:
         buffer = self.buffers[index]
@@ -155,6 +192,8 @@ class RolloutWorker:
             self.metrics.inc(m.ACTOR_INSERT_WAIT_SECONDS, waited)
         started = time.perf_counter()
         self.replay.insert(chunk, segment=self.config.segment)
+        self.stored_chunks += 1
+        self.stored_steps += chunk.num_steps
         self.metrics.observe(m.ACTOR_INSERT_SECONDS, time.perf_counter() - started)
         self.metrics.inc(m.ACTOR_CHUNKS)
         self.metrics.inc(m.ACTOR_ENV_STEPS, chunk.num_steps)
@@ -162,12 +201,15 @@ class RolloutWorker:
         self.chunk_starts[index] = self.episode_steps[index]
         self.buffers[index] = _ChunkBuffer(buffer.observations[-1])
 
-    def collect(self, num_steps: int) -> RolloutReport:
+    def collect(self, num_steps: int, flush_partial: bool = True) -> RolloutReport:
         """Step the envs round-robin for `num_steps` decisions in total, writing every chunk.
 
-        Partial chunks are written at the end, so every step taken is stored exactly once.
+        With `flush_partial` the partial chunks are written at the end, so every step taken
+        is stored exactly once; without, they are continued by the next call.
         """
-        report = RolloutReport(actor_id=self.actor_id)
+        report = RolloutReport(actor_id=self.actor_id, incarnation=self.incarnation)
+        if self.weights is not None:
+            self._pick_up_weights()
         start = time.perf_counter()
         while report.env_steps < num_steps:
             actions = self.policy.act([b.observations[-1] for b in self.buffers])
@@ -177,17 +219,22 @@ class RolloutWorker:
                 result = env.step(actions[i])
                 self.buffers[i].add(actions[i], result)
                 self.episode_steps[i] += 1
+                self.episode_returns[i] += result.reward
                 report.env_steps += 1
                 if result.terminated or result.truncated:
                     self._flush(i, report)
                     self.episode_counts[i] += 1
                     report.episodes += 1
+                    report.episode_returns.append(self.episode_returns[i])
                     self.buffers[i] = self._start_episode(i)
                 elif len(self.buffers[i].steps) >= self.config.chunk_length:
                     self._flush(i, report)
-        for i in range(len(self.envs)):
-            self._flush(i, report)
+        if flush_partial:
+            for i in range(len(self.envs)):
+                self._flush(i, report)
         report.seconds = time.perf_counter() - start
+        report.policy_version = self.policy_version
+        report.stored_chunks, report.stored_steps = self.stored_chunks, self.stored_steps
         return report
 
     def close(self) -> None:
@@ -200,7 +247,11 @@ RolloutActor = ray.remote(RolloutWorker)
 
 def start_rollout_actors(num_actors: int, env_config: EnvConfig, actor_config: ActorConfig, replay_url: str,
                          replay_config: ReplayConfig, limiter_config: RateLimiterConfig | None = None,
-                         max_restarts: int = 3) -> list:
-    """Start `num_actors` rollout actors, one CPU each, restartable."""
-    return [RolloutActor.options(num_cpus=1, max_restarts=max_restarts).remote(
-        i, env_config, actor_config, replay_url, replay_config, limiter_config) for i in range(num_actors)]
+                         max_restarts: int = 3, max_task_retries: int = 0, first_id: int = 0) -> list:
+    """Start `num_actors` rollout actors (ids from `first_id`), one CPU each, restartable.
+
+    `max_task_retries=-1` re-runs a call that a crash interrupted once the actor is back.
+    """
+    return [RolloutActor.options(num_cpus=1, max_restarts=max_restarts, max_task_retries=max_task_retries).remote(
+        i, env_config, actor_config, replay_url, replay_config, limiter_config)
+        for i in range(first_id, first_id + num_actors)]

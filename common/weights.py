@@ -1,5 +1,7 @@
 """Policy weights as a validated msgpack blob: how the learner publishes them to the actors.
 
+`WeightsChannel` carries them through the run's Redis: the learner publishes, actors poll.
+
 Layout (never pickle): [header: map, names: [[name, shape], ...], float32 bytes...].
 The header carries the weights version and the `PixelPolicySpec`, so a reader builds
 the network from the blob alone; `load_pixel_policy` then checks every tensor's name
@@ -9,12 +11,17 @@ and shape against that network, so a foreign or corrupt blob is refused, not hal
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgpack
 import numpy as np
 import torch
 
 from common.latent_policy import PixelPolicy, PixelPolicySpec
+
+if TYPE_CHECKING:
+    from common.replay import ReplayClient
 
 SCHEMA_VERSION = 1
 MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
@@ -71,3 +78,83 @@ def decode_policy(blob: bytes) -> tuple[int, PixelPolicy]:
         raise WeightsDecodeError(f"weights miss tensors: {sorted(expected.keys() - state.keys())[:5]}")
     policy.load_state_dict(state)
     return header["version"], policy.eval()
+
+
+class WeightsChannel:
+    """The latest published weights of a run: `<run>:weights` (the blob) and `<run>:weights-version`.
+
+    Both keys are written in one transaction. A reader polls the small version key and
+    fetches the blob (megabytes) only when it is newer than the one it acts with, so an
+    actor can check before every chunk at the cost of one GET.
+
+    Anything under these keys may be foreign (another writer, an old MaskLAM, a truncated
+    write). A publication its reader refuses is moved aside: the first reader to refuse
+    it deletes both keys (unless a newer publication replaced them meanwhile), records it
+    in the replay's dead-letter list and counts it there, so the other readers never fetch
+    it; every reader keeps acting with the weights it had.
+    """
+
+    def __init__(self, replay: ReplayClient):
+        self.replay = replay
+        self.blob_key = replay.keys.prefix + "weights"
+        self.version_key = replay.keys.prefix + "weights-version"
+        self._delete_if_unchanged = replay.redis.register_script(_DELETE_IF_UNCHANGED)
+
+    def publish(self, blob: bytes, version: int) -> None:
+        def write() -> None:
+            pipe = self.replay.redis.pipeline(transaction=True)
+            pipe.set(self.blob_key, blob)
+            pipe.set(self.version_key, int(version))
+            pipe.execute()
+
+        self.replay.call(write)
+
+    def version(self) -> int:
+        """The published version; 0 before the first publication. Raises WeightsDecodeError if
+        the version key holds something other than an integer."""
+        return _parse_version(self.replay.call(self.replay.redis.get, self.version_key))
+
+    def load_newer(self, than: int, load: Callable[[bytes, int], int]) -> int | None:
+        """If the published version is above `than`, give the blob and its version to `load`
+        (which raises WeightsDecodeError to refuse it) and return what `load` returns; else None.
+
+        A refused publication is moved aside (see the class) and the error raised again.
+        """
+        raw, blob = self.replay.call(self.replay.redis.get, self.version_key), None
+        try:
+            if _parse_version(raw) <= than:
+                return None
+            raw, blob = self.replay.call(self.replay.redis.mget, [self.version_key, self.blob_key])
+            version = _parse_version(raw)  # the pair as one read: this blob was published as this version
+            if version <= than:
+                return None
+            if blob is None:
+                raise WeightsDecodeError(f"version {version} is published without a blob under {self.blob_key}")
+            return load(blob, version)
+        except WeightsDecodeError as exc:
+            self._move_aside(raw, blob, exc)
+            raise
+
+    def _move_aside(self, raw_version: bytes | None, blob: bytes | None, error: WeightsDecodeError) -> None:
+        if raw_version is None or not self.replay.call(self._delete_if_unchanged,
+                                                       keys=[self.version_key, self.blob_key], args=[raw_version]):
+            return  # already moved aside by another reader, or replaced by a newer publication
+        self.replay.dead_letter(None, f"WeightsDecodeError: {error}", blob or b"",
+                                source="weights", version=raw_version[:40].decode(errors="replace"))
+
+
+# KEYS: version, blob; ARGV: the version value the caller read. 1 if it deleted both keys.
+_DELETE_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
+def _parse_version(raw: bytes | None) -> int:
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise WeightsDecodeError(f"the weights version key holds {raw[:40]!r}, not an integer") from None

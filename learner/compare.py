@@ -1,4 +1,5 @@
-"""`python -m learner.compare`: the paper's offline comparison, LAPO vs MaskLAM, as a table.
+"""`python -m learner.compare`: the paper's offline comparison, LAPO vs MaskLAM (and the LAOM
+baselines, learner/laom/), as a table.
 
 1. Collect (or reuse, keyed by their settings, under --data-dir) three datasets through
    the actors, with the committed expert (`--data-policy expert`, the paper's protocol) or
@@ -45,8 +46,9 @@ from learner import plots
 from learner.data import DatasetSpec, TransitionData, ensure_dataset, gather_windows, load_dataset
 from learner.downstream import DownstreamConfig, expert_reference, run_downstream
 from learner.lam.batch import make_batch
-from learner.lam.config import METHODS, lam_config
-from learner.lam.train import load_model, make_probe_set, train_lam
+from learner.lam.config import lam_config
+from learner.lam.train import load_model, make_probe_set
+from learner.methods import METHODS, family, method_config
 
 DATA_SEEDS = {"train": 1, "indist": 2, "eval": 3}
 SCALARS = ("probe_nmse", "probe_nmse_indist", "background_nmse", "probe_nmse_online", "train_seconds", "updates_per_s")
@@ -128,15 +130,17 @@ def run_job(job: Job) -> dict:
     the downstream protocol on it when there is an expert to normalise by."""
     torch.set_num_threads(job.config.torch_threads)
     c = job.config
-    lam = lam_config(c.preset, job.method, updates=c.updates, batch_size=c.batch_size)
+    method_family = family(job.method)  # LAM (LAPO, MaskLAM) or LAOM: same data, probes and downstream protocol
+    lam = method_family.config(c.preset, job.method, updates=c.updates, batch_size=c.batch_size)
     train = load_dataset(job.data["train"])
     probe_sets = {name: make_probe_set(load_dataset(job.data[name]), lam.method.probe_window, c.probe_samples, seed=0)
                   for name in ("eval", "indist")}
     label = f"{job.method}/seed{job.seed}"
-    metrics = train_lam(lam, train, probe_sets, job.out, job.seed, c.eval_every, label=label, device=c.device)
+    metrics = method_family.train(lam, train, probe_sets, job.out, job.seed, c.eval_every, label=label,
+                                  device=c.device)
     if job.expert_return is None:
         return metrics
-    model, _ = load_model(job.out)
+    model, _ = method_family.load_model(job.out)
     downstream = run_downstream(model, lam, train, c.env, c.downstream, job.expert_return, job.seed, job.out,
                                 label=label)
     return {**metrics, **{k: v for k, v in downstream.items() if k != "settings"}}
@@ -226,7 +230,7 @@ def run_comparison(config: CompareConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
     for method in methods:
-        lam_config(config.preset, method)  # fail fast on an unknown name
+        method_config(config.preset, method)  # fail fast on an unknown name
     start = time.perf_counter()
     specs = dataset_specs(config)
     # Collection (which renders, and may start Ray) and every training run each get a fresh
@@ -251,8 +255,8 @@ def run_comparison(config: CompareConfig) -> dict:
     resolved = {**config_to_dict(config), "env_spec": env_spec(config.env),
                 "eval_env_spec": env_spec(specs["eval"].env), "datasets": data,
                 "collect_seconds": collect_seconds, "expert_reference": expert,
-                "lam": {m: config_to_dict(lam_config(config.preset, m, updates=config.updates,
-                                                     batch_size=config.batch_size)) for m in methods}}
+                "lam": {m: config_to_dict(method_config(config.preset, m, updates=config.updates,
+                                                        batch_size=config.batch_size)) for m in methods}}
     results_json = {"methods": summary, "config": resolved}
     (out / "results.json").write_text(json.dumps(results_json, indent=2) + "\n")
     save_resolved_config(config, out, extra={"env_spec": resolved["env_spec"]})
@@ -262,8 +266,10 @@ def run_comparison(config: CompareConfig) -> dict:
     plots.plot_nmse_bars(summary, out / "probe_nmse.png")
     if expert is not None:
         plots.plot_return_vs_budget(summary, out / "return_vs_budget.png")
-    prediction_grid(methods, {m: out / "runs" / m / "seed0" for m in methods}, load_dataset(data["eval"]),
-                    out / "predictions.png")
+    pixel_methods = [m for m in methods if family(m).name == "lam"]  # LAOM predicts features, not frames
+    if pixel_methods:
+        prediction_grid(pixel_methods, {m: out / "runs" / m / "seed0" for m in pixel_methods},
+                        load_dataset(data["eval"]), out / "predictions.png")
     print_table(summary)
     print(f"wrote {out / 'results.json'} and plots in {out}")
     return results_json
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config(config.env)
         task_view(config.env.env_id)
         for method in config.methods.split(","):
-            lam_config(config.preset, method.strip())
+            method_config(config.preset, method.strip())
     run_comparison(config)
     return 0
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.codec import Chunk
 from common.config import config_to_dict
 from common.dataset import DatasetWriter, iter_chunks, read_description
 from common.envs import EnvConfig, env_spec
@@ -78,9 +80,17 @@ def sample_windows(data: TransitionData, starts: np.ndarray, batch: int, window:
 
 def load_dataset(directory: str | Path) -> TransitionData:
     """Decode every chunk of a dataset written by `python -m actors.collect --save-dataset`."""
+    data = transition_data(iter_chunks(directory))
+    if data is None:
+        raise ValueError(f"dataset {directory} holds no chunks")
+    return data
+
+
+def transition_data(chunks: Iterable[Chunk]) -> TransitionData | None:
+    """Chunks (in order) as flat arrays; None if there are none."""
     frames, masks, actions, velocity, lengths, episodes = [], [], [], [], [], []
     episode_ids: dict[str, int] = {}
-    for chunk in iter_chunks(directory):
+    for chunk in chunks:
         n = chunk.num_steps + 1
         frames.append(chunk.frames)
         masks.append(chunk.masks)
@@ -89,7 +99,7 @@ def load_dataset(directory: str | Path) -> TransitionData:
         lengths.append(n)
         episodes.append(episode_ids.setdefault(chunk.episode_id, len(episode_ids)))
     if not frames:
-        raise ValueError(f"dataset {directory} holds no chunks")
+        return None
     lengths_array = np.array(lengths, np.int64)
     return TransitionData(
         frames=np.concatenate(frames), masks=np.concatenate(masks), actions=np.concatenate(actions),
@@ -124,6 +134,15 @@ class DatasetSpec:
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def collection_bytes(spec: DatasetSpec) -> int:
+    """Replay capacity that holds all of `spec`'s collection until it is saved: per step a frame,
+    its mask twice (in the blob, and as served) and 4 KiB of state and step arrays, doubled for
+    the extra frame each chunk carries (at most one chunk per step). Sized to the data, it fits
+    under the memory cap (`maxmemory`) of the run's own Redis."""
+    pixels = spec.env.image_size ** 2
+    return 2 * spec.steps * (5 * pixels + 4096) + 2**20
+
+
 def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
     """Collect `spec` under ROOT/<key>/ unless a complete dataset with that key is there.
 
@@ -145,7 +164,8 @@ def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
         check_batch=16, env=dataclasses.replace(spec.env),
         actor=ActorConfig(chunk_length=spec.chunk_length, policy=spec.policy, action_correlation=0.0,
                           action_noise=spec.action_noise, expert_dir=spec.expert_dir, split=spec.split, seed=spec.seed),
-        replay=ReplayConfig(run_name=f"lamdata-{spec.key()}", capacity_chunks=10**6, capacity_bytes=2**40))
+        replay=ReplayConfig(run_name=f"lamdata-{spec.key()}", capacity_chunks=10**6,
+                            capacity_bytes=collection_bytes(spec)))
     replay = ReplayClient(redis_url, config.replay)
     replay.clear()
     if spec.num_actors > 1:

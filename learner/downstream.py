@@ -27,11 +27,11 @@ from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
 from common.progress import Progress
 from common.weights import encode_policy
-from learner.data import TransitionData, gather_windows
-from learner.lam.batch import make_batch
+from learner.data import TransitionData
 from learner.lam.config import LAMConfig
 from learner.lam.model import LatentActionModel
 from learner.lam.train import cosine_schedule
+from learner.methods import latent_actions
 from learner.probe import nmse
 
 ENCODE_BATCH = 256
@@ -81,18 +81,10 @@ def usable_transitions(data: TransitionData, policy_frames: int, lam: LAMConfig)
     return Transitions(starts + back, policy_frames)
 
 
-@torch.no_grad()
 def idm_latents(model: LatentActionModel, lam: LAMConfig, data: TransitionData, rows: np.ndarray) -> np.ndarray:
-    """The frozen IDM's latent action z_t (future offset 1) for every row t."""
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    method, latents = lam.method, []
-    for i in range(0, len(rows), ENCODE_BATCH):
-        part = rows[i:i + ENCODE_BATCH]
-        windows = gather_windows(data, part - method.context_frames + 1, method.probe_window)
-        batch = make_batch(windows, method, lam.model, np.ones(len(part), np.int64), generator)
-        latents.append(model.encode(batch.idm_input)[0].numpy())
-    return np.concatenate(latents)
+    """The frozen IDM's latent action z_t (future offset 1) for every row t, computed by the
+    model's family (learner/methods.py: a LAM's IDM, or LAOM's IDM head on its encoder)."""
+    return latent_actions(model, lam, data, rows)
 
 
 def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionData, config: DownstreamConfig,

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,29 @@ def encode_probe_set(model: LatentActionModel, config: LAMConfig, probe_set: Pro
     return tuple(np.concatenate(parts) for parts in (latents, predictions, actions, velocity))
 
 
-def evaluate_probes(model: LatentActionModel, config: LAMConfig, probe_sets: dict[str, ProbeSet]) -> dict:
+@torch.no_grad()
+def latent_actions(model: LatentActionModel, config: LAMConfig, data: TransitionData, rows: np.ndarray) -> np.ndarray:
+    """The frozen IDM's latent action z_t (future offset 1) for every row t: the targets of the
+    downstream protocol's latent behaviour cloning."""
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    method, latents = config.method, []
+    for i in range(0, len(rows), ENCODE_BATCH):
+        part = rows[i:i + ENCODE_BATCH]
+        windows = gather_windows(data, part - method.context_frames + 1, method.probe_window)
+        batch = make_batch(windows, method, config.model, np.ones(len(part), np.int64), generator)
+        latents.append(model.encode(batch.idm_input)[0].numpy())
+    return np.concatenate(latents)
+
+
+def evaluate_probes(model: LatentActionModel, config: LAMConfig, probe_sets: dict[str, ProbeSet],
+                    encode: Callable = encode_probe_set) -> dict:
     """Offline ridge probes on each held-out set; the online probe and the background probe
-    on the decorrelated `eval` set (the headline)."""
+    on the decorrelated `eval` set (the headline). `encode` is the model family's
+    `encode_probe_set` (LAOM passes its own)."""
     results: dict = {}
     for name, probe_set in probe_sets.items():
-        z, online, actions, velocity = encode_probe_set(model, config, probe_set)
+        z, online, actions, velocity = encode(model, config, probe_set)
         fit, score = probe_set.fit, ~probe_set.fit
         action_score = ridge_probe(z[fit], actions[fit], z[score], actions[score])
         suffix = "" if name == "eval" else f"_{name}"
@@ -105,9 +123,12 @@ def lam_losses(model: LatentActionModel, config: LAMConfig, batch: LAMBatch) -> 
     return {"loss": loss, "reconstruction": rec, "vq": vq_loss, "probe": probe}
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises linearly over `warmup` steps, then follows a cosine to 0 at `total`."""
     def factor(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (min(step, total) - warmup) / max(total - warmup, 1)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -44,10 +44,13 @@ class TwinCritic(nn.Module):
 
 
 class SACAgent(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig):
+    """`actor`: the policy to train (default: a new one); the online learner passes the pixel
+    policy's action decoder, so SAC fine-tunes the very network the actors act with."""
+
+    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig, actor: TanhGaussianActor | None = None):
         super().__init__()
         self.config = config
-        self.actor = TanhGaussianActor(obs_dim, action_dim, config.hidden)
+        self.actor = actor if actor is not None else TanhGaussianActor(obs_dim, action_dim, config.hidden)
         self.critic = TwinCritic(obs_dim, action_dim, config.hidden)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_temperature)))

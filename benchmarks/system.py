@@ -1,0 +1,177 @@
+"""`python -m benchmarks.system --out FILE`: the whole actor-learner system's throughput.
+
+For each actor count, `python -m learner.main` runs as a user runs it (its own local Ray,
+rate limiter on, the oracle segmenter) against a Redis this benchmark owns. Once the
+policy has been bootstrapped and published (both update phases running), the benchmark
+reads the replay's counters from Redis and the learner's counters from its metrics
+endpoint at the start and end of a `--measure-seconds` window, then stops the run with
+SIGTERM. Figures per actor count: env steps/s in total and per actor, learner updates/s,
+the fraction of the window the learner waited for data (rate limiter and sampling), and
+the fraction the actors waited for the learner (rate limiter). Beside them: the bare
+render loop (benchmarks/rollout.py) and that rate times the cores, the ceiling when
+rendering alone used every core. Prints a table, writes JSON and the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.rollout import bare_steps_per_s
+from common.config import parse_config, save_resolved_config
+from common.envs import EnvConfig
+from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
+from learner.main import preset_defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SystemBenchConfig:
+    """End-to-end throughput of learner.main with 1, 2, 4, 8 actors."""
+
+    out: str = field(default="benchmarks/results/system.json", metadata={"help": "JSON file to write"})
+    actor_counts: str = field(default="1,2,4,8", metadata={"help": "comma-separated actor counts"})
+    measure_seconds: float = field(default=40.0, metadata={"help": "length of the measured window per count"})
+    warmup_timeout_s: float = field(default=300.0, metadata={"help": "longest wait for the first published weights"})
+    bare_steps: int = field(default=600, metadata={"help": "decisions of the bare render loop"})
+    learner_args: str = field(
+        default="--preset ci --bootstrap-after 100 --bc-updates 100 --decoder-updates 100 --probe-steps 1000 "
+                "--probe-samples 500 --eval-every 1000000 --eval-episodes 1",
+        metadata={"help": "extra learner.main flags (the env settings must match the bare loop's: the ci preset's)"})
+
+
+def scrape(port: int) -> dict[str, float]:
+    """name{labels} -> value of every sample on a metrics endpoint; empty while it is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Reading:
+    """Cumulative counters at one instant."""
+
+    at: float
+    env_steps: int
+    insert_wait_s: float
+    lam_updates: float
+    policy_updates: float
+    data_wait_s: float
+
+    @classmethod
+    def take(cls, replay: ReplayClient, port: int) -> "Reading":
+        stats, metrics = replay.stats(), scrape(port)
+        return cls(time.monotonic(), stats.inserted_steps, stats.insert_wait_s,
+                   metrics.get("masklam_learner_updates_total|phase=lam", 0.0),
+                   metrics.get("masklam_learner_updates_total|phase=policy", 0.0),
+                   metrics.get("masklam_learner_data_wait_seconds_total", 0.0))
+
+
+def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, server: EmbeddedRedis,
+            work: Path) -> dict:
+    """One learner.main run with `num_actors` actors; figures over the measured window."""
+    run_name, port = f"bench-system-{num_actors}", free_port()
+    replay = ReplayClient(server.url, ReplayConfig(run_name=run_name, capacity_bytes=2**30))
+    out = work / f"actors{num_actors}"
+    command = [sys.executable, "-m", "learner.main", "--num-actors", str(num_actors), "--run-name", run_name,
+               "--metrics-port", str(port), "--out", str(out), "--total-env-steps", "none", "--max-minutes", "30",
+               *config.learner_args.split()]
+    env = {**os.environ, "MASKLAM_REDIS_URL": server.url}
+    with (work / f"actors{num_actors}.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + config.warmup_timeout_s
+            while scrape(port).get("masklam_learner_weights_version", 0) < 1:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"learner.main with {num_actors} actors published no weights; "
+                                       f"see {work / f'actors{num_actors}.log'}")
+                time.sleep(1.0)
+            time.sleep(5.0)  # the actors pick the weights up; both update phases run
+            start = Reading.take(replay, port)
+            time.sleep(config.measure_seconds)
+            end = Reading.take(replay, port)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            process.wait(timeout=300)
+    if json.loads((out / "config.json").read_text())["env"] != dataclasses.asdict(bare_env):
+        raise RuntimeError("learner.main ran other env settings than the bare loop; fix --learner-args")
+    seconds = end.at - start.at
+    steps_per_s = (end.env_steps - start.env_steps) / seconds
+    return {
+        "num_actors": num_actors,
+        "env_steps_per_s": steps_per_s,
+        "steps_per_s_per_actor": steps_per_s / num_actors,
+        "learner_updates_per_s": (end.lam_updates + end.policy_updates - start.lam_updates - start.policy_updates)
+        / seconds,
+        "lam_updates_per_s": (end.lam_updates - start.lam_updates) / seconds,
+        "policy_updates_per_s": (end.policy_updates - start.policy_updates) / seconds,
+        "learner_data_wait_fraction": (end.data_wait_s - start.data_wait_s) / seconds,
+        "actor_insert_wait_fraction": (end.insert_wait_s - start.insert_wait_s) / (seconds * num_actors),
+        "measured_seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(SystemBenchConfig, argv)
+    out = Path(config.out)
+    cores = os.cpu_count() or 1
+    print(f"bare render loop: {config.bare_steps} steps ...", file=sys.stderr)
+    env = preset_defaults("ci").env
+    bare = bare_steps_per_s(env, config.bare_steps, seed=0)
+    figures: dict = {"env": dataclasses.asdict(env), "cores": cores, "bare_steps_per_s": bare,
+                     "bare_steps_per_s_x_cores": bare * cores, "load_average_at_start": os.getloadavg(), "runs": []}
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="bench-system-") as work:
+        for count in (int(c) for c in config.actor_counts.split(",")):
+            print(f"learner.main with {count} actor(s) ...", file=sys.stderr)
+            figures["runs"].append(measure(count, config, env, server, Path(work)))
+    figures["load_average_at_end"] = os.getloadavg()
+    for run in figures["runs"]:
+        run["per_actor_vs_bare"] = run["steps_per_s_per_actor"] / bare
+        run["total_vs_bare_x_cores"] = run["env_steps_per_s"] / (bare * cores)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    save_resolved_config(config, out.parent, name=out.stem + ".config.json")
+    print_table(figures)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(figures: dict) -> None:
+    print(f"bare render loop {figures['bare_steps_per_s']:.0f} steps/s x {figures['cores']} cores = "
+          f"{figures['bare_steps_per_s_x_cores']:.0f} steps/s")
+    header = ("actors", "env steps/s", "per actor", "per actor / bare", "learner upd/s", "learner waits",
+              "actors wait")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in figures["runs"]:
+        print(f"| {r['num_actors']} | {r['env_steps_per_s']:.0f} | {r['steps_per_s_per_actor']:.0f} | "
+              f"{r['per_actor_vs_bare']:.2f} | {r['learner_updates_per_s']:.2f} | "
+              f"{100 * r['learner_data_wait_fraction']:.0f} % | {100 * r['actor_insert_wait_fraction']:.0f} % |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

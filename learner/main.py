@@ -1,0 +1,333 @@
+"""`python -m learner.main`: the distributed actor-learner run (DESIGN.md §1, §5, §8).
+
+1. Redis: `--redis-url` (or $MASKLAM_REDIS_URL), else a private embedded server; Ray:
+   `--ray-address` (`auto` on a `ray up` head), else a local Ray with a logical CPU per
+   actor, so even `--num-actors 64` runs on a laptop (the actors share its cores).
+2. A held-out labelled set for the probe: episodes on evaluation backgrounds whose
+   motion is independent of the action (rho = 0), collected once per settings under
+   --data-dir (the same set `learner.compare` scores its headline probe on).
+3. `--num-actors` rollout actors acting with the published pixel policy (their
+   --initial-policy until the first weights), and `--num-segmenters` mask services;
+   actors send every chunk to the segmenter, so only masked chunks become ready.
+4. The learner (learner/loop.py) until `--max-minutes` (this session) or
+   `--total-env-steps` (the whole run), or Ctrl-C; then a last probe and evaluation.
+5. OUT/summary.json, OUT/config.json (resolved, without secrets), OUT/checkpoint.pt;
+   `--resume` continues OUT/checkpoint.pt with its counters. Metrics are served on
+   127.0.0.1:--metrics-port for Prometheus.
+
+`--preset` sets the defaults of every other flag: `ci` (32 px frames, small networks and
+batches, for two CPU cores) or `paper` (64 px, the authors' networks, for a GPU node).
+A fresh run (without --resume) clears its run's keys in Redis first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import ray
+import torch
+
+from actors.rollout import ActorConfig
+from common.cli import ArgumentParser, ConfigError, config_errors, run_main
+from common.cluster import init_ray
+from common.config import add_dataclass_arguments, config_to_dict, dataclass_from_args, save_resolved_config
+from common.envs import EnvConfig, env_spec
+from common.envs.distractors import check_config
+from common.envs.pixels import task_view
+from common.latent_policy import PixelPolicySpec
+from common.metrics import Metrics
+from common.progress import Progress
+from common.replay import RateLimiterConfig, ReplayClient, ReplayConfig, redis_url_or_embedded
+from learner.data import DatasetSpec, ensure_dataset, load_dataset
+from learner.downstream import DownstreamConfig
+from learner.fleet import ActorFleet
+from learner.lam.config import METHODS, LAMConfig, lam_config
+from learner.lam.train import ProbeSet, make_probe_set
+from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config
+from learner.rl.sac import SACConfig
+from segmenter.backends import check_backend
+from segmenter.backends.sam import SamConfig
+from segmenter.backends.student import StudentConfig
+from segmenter.config import SegmenterConfig
+from segmenter.imperfection import ImperfectionConfig
+
+log = logging.getLogger("masklam.learner")
+PROBE_DATA_SEED = 3  # learner.compare's seed for its eval set: equal settings share the dataset
+# Settings a checkpoint's networks depend on: --resume refuses to change them.
+FIXED_ON_RESUME = (("preset",), ("method",), ("env", "env_id"), ("env", "image_size"),
+                   ("downstream", "policy_frames"), ("downstream", "policy_scale"), ("sac", "hidden"))
+
+
+RUNS = "runs/learner"
+
+
+@dataclass
+class LearnerMainConfig:
+    """The distributed actor-learner run: rollout actors, segmenter, Redis replay and the learner."""
+
+    num_actors: int = field(default=4, metadata={"help": "rollout actors (one CPU each)"})
+    preset: Literal["ci", "paper"] = field(default="ci", metadata={"help": "defaults of every other flag"})
+    method: Literal["lapo", "masklam", "masklam-paper"] = field(default="masklam", metadata={
+        "help": f"LAM objective and switches, from {', '.join(METHODS)}"})
+    segmenter: Literal["oracle", "sam", "student"] = field(default="oracle", metadata={
+        "help": "mask backend of the segmenter service"})
+    num_segmenters: int = field(default=1, metadata={"help": "segmenter instances"})
+    redis_url: str | None = field(default=None, metadata={
+        "help": "Redis URL with credentials; default: $MASKLAM_REDIS_URL or a private embedded server"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join ('auto' on a ray-up head); default: a local Ray"})
+    max_minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes (this session)"})
+    total_env_steps: int | None = field(default=None, metadata={
+        "help": "stop once the run (all sessions) has stepped this many decisions"})
+    resume: bool = field(default=False, metadata={"help": "continue OUT/checkpoint.pt"})
+    out: str = field(default="", metadata={
+        "help": f"folder for summary, config and checkpoint (default: a new {RUNS}/run-<time>; with --resume, the "
+                f"newest run in {RUNS})"})
+    metrics_port: int = field(default=9100, metadata={"help": "serve Prometheus metrics on 127.0.0.1:PORT (0 = off)"})
+    device: str = field(default="auto", metadata={"help": "torch device of the learner (auto = GPU if visible)"})
+    torch_threads: int = field(default=0, metadata={"help": "torch CPU threads of the learner (0 = torch's default)"})
+    data_dir: str = field(default="data/lam", metadata={"help": "where the held-out probe set is collected and reused"})
+    probe_steps: int = field(default=2_000, metadata={"help": "decisions in the held-out probe set"})
+    probe_samples: int = field(default=2_000, metadata={"help": "held-out windows the probe uses"})
+    max_restarts: int = field(default=3, metadata={"help": "Ray restarts of a crashed rollout actor"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    limiter: RateLimiterConfig = field(default_factory=RateLimiterConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    imperfection: ImperfectionConfig = field(default_factory=ImperfectionConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+def preset_defaults(preset: str) -> LearnerMainConfig:
+    """`ci`: 32 px frames rendered at 64, the small LAM, batches of 32/64, a short bootstrap.
+    `paper`: 64 px, the authors' LAM and batch, the 128k-transition label budget."""
+    actor = ActorConfig(policy="latent", segment=True, action_noise=0.2)
+    if preset == "ci":
+        return LearnerMainConfig(
+            preset="ci", total_env_steps=100_000, torch_threads=1, actor=actor,
+            env=EnvConfig(image_size=32, render_size=64, action_repeat=3, max_episode_steps=250),
+            replay=ReplayConfig(run_name="masklam-learner", capacity_chunks=4_000, capacity_bytes=2**30),
+            limiter=RateLimiterConfig(samples_per_insert=4.0, min_ready_steps=1_000, error_buffer=10_000.0),
+            sac=SACConfig(batch_size=64),
+            downstream=DownstreamConfig(bc_updates=500, decoder_updates=500, label_budgets="4000", eval_episodes=4),
+            schedule=ScheduleConfig(bootstrap_after=1_000, bootstrap_steps=8_000, probe_every=500, eval_every=1_000))
+    return LearnerMainConfig(
+        preset="paper", total_env_steps=5_000_000, actor=actor,
+        env=EnvConfig(image_size=64, render_size=64, action_repeat=3, max_episode_steps=1000),
+        replay=ReplayConfig(run_name="masklam-learner"),
+        downstream=DownstreamConfig(label_budgets="128000", eval_episodes=8, eval_workers=4),
+        schedule=ScheduleConfig(bootstrap_after=10_000, bootstrap_steps=200_000, probe_every=2_500,
+                                eval_every=5_000, publish_every=100, checkpoint_minutes=10.0))
+
+
+def parse_learner_config(argv: list[str] | None = None) -> LearnerMainConfig:
+    """Parse twice: first --preset, then every flag with that preset's defaults."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="ci", choices=["ci", "paper"])
+    preset = first.parse_known_args(argv)[0].preset
+    parser = ArgumentParser(prog="python -m learner.main", description=LearnerMainConfig.__doc__)
+    add_dataclass_arguments(parser, LearnerMainConfig, preset_defaults(preset))
+    return dataclass_from_args(LearnerMainConfig, parser.parse_args(argv))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_out(config: LearnerMainConfig) -> Path:
+    """--out, or a fresh folder per run (so running the same command twice never collides),
+    or for --resume the newest run that has a checkpoint."""
+    if config.out:
+        return Path(config.out)
+    if not config.resume:
+        return Path(RUNS) / time.strftime("run-%Y%m%d-%H%M%S")
+    runs = sorted(Path(RUNS).glob(f"*/{CHECKPOINT}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume: no run with a {CHECKPOINT} under {RUNS}", "pass --out DIR of the run to resume")
+    return runs[-1].parent
+
+
+def check_settings(config: LearnerMainConfig) -> None:
+    """Refuse (ConfigError) what the user must fix before anything starts: Redis, Ray, the
+    probe set's collection and the segmenters are minutes of work to fail in."""
+    if config.num_actors < 1:
+        raise ConfigError("--num-actors must be at least 1", "pass --num-actors 1 or more")
+    with config_errors("see python -m learner.main --help"):
+        check_config(config.env)
+        task_view(config.env.env_id)
+    check_backend(segmenter_config(config))
+
+
+def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
+    """Refuse to start over an existing checkpoint, or to resume one with other networks."""
+    if not config.resume:
+        if checkpoint.is_file():
+            raise ConfigError(f"{checkpoint} exists", "pass --resume to continue it, or choose another --out")
+        return
+    if not checkpoint.is_file():
+        raise ConfigError(f"--resume: there is no {checkpoint}", "run once without --resume, or fix --out")
+    saved, current = checkpoint_config(checkpoint), config_to_dict(config)
+    for path in FIXED_ON_RESUME:
+        before, now = saved, current
+        for key in path:
+            before, now = before[key], now[key]
+        if before != now:
+            flag = "--" + path[-1].replace("_", "-")
+            raise ConfigError(f"{checkpoint} was trained with {flag} {before}, not {now}",
+                              f"resume with {flag} {before}, or start a new run in another --out")
+
+
+def held_out_probe_set(config: LearnerMainConfig, lam: LAMConfig, redis_url: str) -> ProbeSet:
+    """Labelled episodes on evaluation backgrounds with rho = 0 (DESIGN.md §5's headline probe),
+    collected in this process through the run's Redis unless they are on disk already."""
+    spec = DatasetSpec(dataclasses.replace(config.env, rho=0.0), "eval", PROBE_DATA_SEED, config.probe_steps,
+                       chunk_length=config.actor.chunk_length)
+    data = load_dataset(ensure_dataset(spec, config.data_dir, redis_url))
+    return make_probe_set(data, lam.method.probe_window, config.probe_samples, config.actor.seed)
+
+
+def segmenter_config(config: LearnerMainConfig) -> SegmenterConfig:
+    return SegmenterConfig(backend=config.segmenter, torch_threads=1, seed=config.actor.seed,
+                           imperfection=config.imperfection, sam=config.sam, student=config.student)
+
+
+def serve_metrics(metrics: Metrics, port: int):
+    """The metrics endpoint on 127.0.0.1:port (None for port 0)."""
+    if not port:
+        return None
+    try:
+        return metrics.serve(port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on 127.0.0.1:{port} ({exc.strerror})",
+                          "pass a free --metrics-port, or 0 for none") from None
+
+
+class StopSignal:
+    """The first Ctrl-C (or SIGTERM) asks the run to stop cleanly; a second one interrupts."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        print("\nstopping after this update (again to interrupt) ...", file=sys.stderr, flush=True)
+        self.event.set()
+        signal.signal(signum, signal.default_int_handler)
+
+
+def run(config: LearnerMainConfig, redis_url: str) -> dict:
+    """The whole run against `redis_url`; returns the summary."""
+    out = Path(config.out)
+    device = resolve_device(config.device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    spec = env_spec(config.env)
+    lam = lam_config(config.preset, config.method)
+    policy_spec = PixelPolicySpec(image_size=config.env.image_size, action_dim=spec["action_dim"],
+                                  latent_dim=lam.model.latent_dim, frames=config.downstream.policy_frames,
+                                  scale=config.downstream.policy_scale)
+    metrics = Metrics("prometheus")
+    server = serve_metrics(metrics, config.metrics_port)
+    replay = ReplayClient(redis_url, config.replay, metrics=metrics)
+    if not config.resume:
+        replay.clear()
+    probe_set = held_out_probe_set(config, lam, redis_url)
+    # a logical CPU for each actor, segmenter, the learner and the evaluation task (and its workers)
+    init_ray(config.ray_address, config.num_actors + config.num_segmenters + 2 + config.downstream.eval_workers)
+    stop_signal = StopSignal()
+    fleet = ActorFleet(config.num_actors, config.env, config.actor, segmenter_config(config), config.num_segmenters,
+                       redis_url, config.replay, config.limiter, config.max_restarts)
+    learner = Learner(lam, policy_spec, config.schedule, config.sac, config.downstream, config.limiter, config.env,
+                      replay, fleet, probe_set, metrics, out, config.actor.seed, device, config_to_dict(config))
+    if config.resume:
+        learner.load_checkpoint(out / CHECKPOINT)
+        c = learner.counters
+        print(f"resumed {out / CHECKPOINT}: {c.env_steps} env steps, {c.lam_updates} LAM and {c.policy_updates} "
+              f"policy updates, weights version {c.weights_version}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else float("inf")
+
+    def should_stop(counters: Counters) -> bool:
+        return (stop_signal.event.is_set() or time.monotonic() >= deadline
+                or (config.total_env_steps is not None and counters.env_steps >= config.total_env_steps))
+
+    progress = Progress("learner", config.total_env_steps or 0, interval_s=2.0)
+    try:
+        try:
+            learner.run(should_stop, progress)
+        finally:
+            segmenters = fleet.stop()
+        learner.finish()  # the last probe and evaluation, with the actors' CPUs free
+    finally:
+        progress.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        ray.shutdown()
+    return {"env": spec, "preset": config.preset, "method": config.method, "segmenter": config.segmenter,
+            "num_actors": config.num_actors, "device": str(device), "resumed": config.resume,
+            **learner.summary(), "segmenters": segmenters}
+
+
+def print_summary(summary: dict) -> None:
+    def number(value, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    losses = "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                       for phase, values in summary["final_losses"].items())
+    rows = [("env", f"{summary['env']['env_id']} / {summary['env']['distractor']['mode']} distractor, "
+                    f"{summary['env']['image_size']} px"),
+            ("method / segmenter", f"{summary['method']} / {summary['segmenter']}"),
+            ("actors", summary["num_actors"]),
+            ("env steps", f"{summary['env_steps']:,} ({summary['env_steps_per_s']:.1f}/s this session)"),
+            ("chunks inserted / sampled", f"{summary['chunks_inserted']:,} / {summary['chunks_sampled']:,} windows"),
+            ("learner updates", f"{summary['learner_updates']:,} (LAM {summary['lam_updates']:,}, policy "
+                                f"{summary['policy_updates']:,}; {summary['learner_updates_per_s']:.2f}/s)"),
+            ("learner waiting for data", f"{100 * summary['data_wait_fraction']:.0f} % of the time"),
+            ("weights published / max at actors", f"v{summary['weights_version']} / "
+                                                  f"v{summary['max_actor_weights_version']}"),
+            ("probe nMSE (held out, rho = 0)", number(summary["probe_nmse"])),
+            ("eval return: first / last", f"{number(summary['initial_eval_return'], '.1f')} / "
+                                          f"{number(summary['eval_return'], '.1f')}"),
+            ("actor restarts", summary["actor_restarts"]),
+            ("final losses", losses or "-"),
+            ("wall time", f"{summary['wall_seconds']:.0f} s this session (learning {summary['loop_seconds']:.0f} s), "
+                          f"{summary['total_wall_seconds']:.0f} s in all")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = parse_learner_config(argv)
+    check_settings(config)
+    out = resolve_out(config)
+    config = dataclasses.replace(config, out=str(out))
+    check_resumable(config, out / CHECKPOINT)
+    save_resolved_config(config, out)
+    with redis_url_or_embedded(config.redis_url, config.replay) as url:
+        summary = run(config, url)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    print_summary(summary)
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,106 @@
+"""Latent-policy RL: the pixel policy (latent policy + action decoder) fine-tuned online on replay data.
+
+Bootstrap, once, before the first weights are published: the paper's stages 2 and 3
+(`train_latent_bc`, `train_decoder` from learner/downstream.py) on the newest ready
+chunks of the replay: the latent policy regresses the current IDM's latents, and the
+decoder is fit to the true actions of the first `label budget` of those transitions.
+
+Then every policy update, on one batch of windows sampled from the replay, does two things:
+  * latent BC: the latent policy pi(o_{t-F+1..t}) regresses the current IDM's latent z_t.
+    The LAM keeps training between policy updates; this keeps the policy in its latent space.
+  * SAC (learner/rl/sac.py) whose state is the latent z = pi(o) (detached) and whose actor
+    is the action decoder: the critic Q(z, a) scores decoded, i.e. real, actions, with the
+    chunk's actions, rewards and termination flags.
+Design choice: SAC's gradients stop at z. The latent policy is the part learned from video,
+and it stays a latent-action predictor; RL adapts what turns latents into torques (the
+decoder, which the label budget fits only roughly) through a critic. Letting a critic that
+starts from noise push gradients into the CNN would pull z away from the IDM's latent space
+that the decoder and critic are built on, and on a CPU it would triple an update's cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
+from common.replay import TransitionWindows
+from learner.data import TransitionData, Windows
+from learner.downstream import DownstreamConfig, train_decoder, train_latent_bc, usable_transitions
+from learner.lam.batch import make_batch
+from learner.lam.config import LAMConfig
+from learner.lam.model import LatentActionModel
+from learner.rl.sac import SACAgent, SACConfig
+
+
+class LatentPolicyRL:
+    """The pixel policy, its critic and their optimisers; `window` frames per sampled transition."""
+
+    def __init__(self, spec: PixelPolicySpec, lam: LAMConfig, sac: SACConfig, downstream: DownstreamConfig,
+                 device: torch.device):
+        self.spec, self.lam, self.downstream, self.device = spec, lam, downstream, device
+        self.policy = PixelPolicy(spec).to(device)
+        self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder).to(device)
+        self.bc_optimizer = torch.optim.AdamW(self.policy.latent_policy.parameters(), lr=downstream.bc_lr)
+        method = lam.method
+        # Row t of a window sits at `back`: the policy's stacks at t and t+1 and the IDM's
+        # frames t-c+1 .. t+f all fit (the same rows `usable_transitions` picks offline).
+        self.back = max(spec.frames, method.context_frames) - 1
+        self.window = self.back + 1 + method.future_frames
+
+    def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int) -> dict:
+        """Latent BC and the decoder from labelled actions (on the CPU); returns their metrics."""
+        device = next(lam_model.parameters()).device
+        lam_model.cpu()
+        try:
+            policy, metrics = train_latent_bc(lam_model, self.lam, data, self.downstream, seed, label="latent bc")
+            budget = self.downstream.budgets()[-1]
+            transitions = usable_transitions(data, self.spec.frames, self.lam)
+            metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed)
+        finally:
+            lam_model.to(device)
+        self.policy.load_state_dict(policy.state_dict())
+        metrics.pop("bc_curve")
+        return metrics
+
+    def update(self, windows: TransitionWindows, lam_model: LatentActionModel,
+               generator: torch.Generator) -> dict[str, float]:
+        """One latent-BC step and one SAC step on a batch of `self.window`-frame windows."""
+        b, frames, method = self.back, self.spec.frames, self.lam.method
+        c, f = method.context_frames, method.future_frames
+        idm_window = Windows(windows.frames[:, b - c + 1:b + f + 1], windows.masks[:, b - c + 1:b + f + 1],
+                             windows.actions[:, b - c + 1:b + f], windows.bg_velocity[:, b - c + 1:b + f])
+        with torch.no_grad():
+            batch = make_batch(idm_window, method, self.lam.model, np.ones(len(windows.frames), np.int64), generator)
+            target = lam_model.encode(batch.idm_input.to(self.device))[0]
+        latent_policy = self.policy.latent_policy
+        now = frames_to_input(windows.frames[:, b - frames + 1:b + 1]).to(self.device)
+        bc_loss = F.mse_loss(latent_policy(now), target)
+        self.bc_optimizer.zero_grad(set_to_none=True)
+        bc_loss.backward()
+        self.bc_optimizer.step()
+
+        following = frames_to_input(windows.frames[:, b - frames + 2:b + 2]).to(self.device)
+        with torch.no_grad():
+            z, next_z = latent_policy(torch.cat([now, following])).chunk(2)
+        step = {name: torch.from_numpy(np.ascontiguousarray(array[:, b])).float().to(self.device)
+                for name, array in (("action", windows.actions), ("reward", windows.rewards),
+                                    ("terminated", windows.terminated))}
+        sac = self.agent.update(z, step["action"], step["reward"], next_z, step["terminated"])
+        return {"bc": bc_loss.item(), "critic": sac["critic_loss"], "actor": sac["actor_loss"],
+                "alpha": sac["alpha"], "q_mean": sac["q_mean"]}
+
+    def state_dict(self) -> dict:
+        agent = self.agent
+        return {"policy": self.policy.state_dict(), "agent": agent.state_dict(),
+                "bc_optimizer": self.bc_optimizer.state_dict(), "actor_optimizer": agent.actor_optimizer.state_dict(),
+                "critic_optimizer": agent.critic_optimizer.state_dict(),
+                "alpha_optimizer": agent.alpha_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.agent.load_state_dict(state["agent"])
+        self.bc_optimizer.load_state_dict(state["bc_optimizer"])
+        for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
+            getattr(self.agent, name).load_state_dict(state[name])
