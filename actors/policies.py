@@ -81,22 +81,29 @@ class PixelPolicyBehaviour:
     """
 
     def __init__(self, num_envs: int, image_size: int, rng: np.random.Generator, fallback: BehaviourPolicy,
-                 noise: float = 0.0):
+                 noise: float = 0.0, action_dim: int | None = None):
         self.rng, self.noise, self.fallback, self.image_size = rng, noise, fallback, image_size
+        self.action_dim = action_dim
         self.policy: PixelPolicy | None = None
         self.version = 0
         self.num_envs = num_envs
         self.stacker: FrameStacker | None = None
 
-    def load(self, blob: bytes) -> int:
-        version, policy = decode_policy(blob)
+    def load(self, blob: bytes, version: int | None = None) -> int:
+        """Act with the weights in `blob` from now on (refused unless they carry `version`, if given)."""
+        carried, policy = decode_policy(blob)
+        if version is not None and carried != version:
+            raise WeightsDecodeError(f"the weights blob carries version {carried}, but was published as {version}")
         if policy.spec.image_size != self.image_size:
             raise WeightsDecodeError(f"the published policy sees {policy.spec.image_size}-px frames, this actor's "
                                      f"env renders {self.image_size}-px; run both with the same --image-size")
+        if self.action_dim is not None and policy.spec.action_dim != self.action_dim:
+            raise WeightsDecodeError(f"the published policy outputs {policy.spec.action_dim} actions, this actor's "
+                                     f"env takes {self.action_dim}; publisher and actor run different envs")
         if self.policy is None or policy.spec.frames != self.policy.spec.frames:
             self.stacker = FrameStacker(self.num_envs, policy.spec.frames)
-        self.policy, self.version = policy, version
-        return version
+        self.policy, self.version = policy, carried
+        return carried
 
     def reset(self, env_index: int) -> None:
         self.fallback.reset(env_index)

@@ -7,17 +7,16 @@ for masklam-paper, whose IDM sees 6 frames). Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.config import parse_config, save_resolved_config
+from benchmarks.report import write_report
+from common.config import parse_config
 from learner.data import Windows
 from learner.lam.batch import make_batch, reconstruction_loss
 from learner.lam.config import lam_config
@@ -84,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['preset']:<6} {r['method']:<14} {r['image_size']:>3}px batch {r['batch_size']:>4} "
               f"{r['parameters'] / 1e6:6.2f} M params  {r['updates_per_s']:7.2f} updates/s  "
               f"{r['samples_per_s']:8.0f} samples/s", flush=True)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"device": config.device, "threads": config.threads, "torch": torch.__version__,
               "cpu_count": os.cpu_count(), "rows": rows}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    save_resolved_config(config, out.parent, name=out.stem + ".config.json")
-    print(f"wrote {out}")
+    write_report(config.out, result, config)
     return 0
 
 

@@ -11,7 +11,6 @@ Prints a table and writes the figures as JSON (with the resolved config beside t
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -23,9 +22,10 @@ import numpy as np
 import ray
 
 from actors.rollout import ActorConfig, RolloutActor, RolloutWorker, env_seed
+from benchmarks.report import write_report
 from common.cluster import init_ray
 from common.codec import decode_chunk
-from common.config import parse_config, save_resolved_config
+from common.config import parse_config
 from common.envs import EnvConfig, make_env
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 
@@ -154,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print("replay insert / sample ...", file=sys.stderr)
         figures.update(replay_figures(config, server))
     figures["actor_vs_bare_ratio"] = figures["actor1_steps_per_s"] / figures["bare_steps_per_s"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    save_resolved_config(config, out.parent, name=out.stem + ".config.json")
     print_table(figures)
-    print(f"wrote {out}")
+    write_report(out, figures, config)
     return 0
 
 

@@ -21,7 +21,6 @@ Prints a table and writes the figures as JSON, with the resolved config beside t
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -33,8 +32,9 @@ from typing import Literal
 import torch
 
 from actors.rollout import ActorConfig, RolloutWorker
+from benchmarks.report import write_report
 from common.codec import Chunk, decode_chunk
-from common.config import parse_config, save_resolved_config
+from common.config import parse_config
 from common.envs import EnvConfig
 from common.metrics import Metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
@@ -184,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     figures[f"keeps_up_with_{DEMAND_ACTORS}_actors"] = {
         "oracle": figures["oracle_frames_per_s"] >= demand, "student": figures["student_frames_per_s"] >= demand}
     figures["load_average_end"] = os.getloadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    save_resolved_config(config, out.parent, name=out.stem + ".config.json")
     print_table(figures, batch_sizes)
-    print(f"wrote {out}")
+    write_report(out, figures, config)
     return 0
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.report import write_report
 from benchmarks.rollout import bare_steps_per_s
-from common.config import parse_config, save_resolved_config
+from common.config import parse_config
 from common.envs import EnvConfig
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 from learner.main import preset_defaults
@@ -152,11 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in figures["runs"]:
         run["per_actor_vs_bare"] = run["steps_per_s_per_actor"] / bare
         run["total_vs_bare_x_cores"] = run["env_steps_per_s"] / (bare * cores)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    save_resolved_config(config, out.parent, name=out.stem + ".config.json")
     print_table(figures)
-    print(f"wrote {out}")
+    write_report(out, figures, config)
     return 0
 
 

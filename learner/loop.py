@@ -449,7 +449,8 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise ConfigError(f"{path} could not be read as a learner checkpoint ({type(exc).__name__}: {str(exc)[:200]})",
+        raise ConfigError(f"{path} could not be read as a learner checkpoint "
+                          f"({type(exc).__name__}: {str(exc)[:200]})",
                           "resume a run folder whose checkpoint is whole, or start a new run in another --out") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
         raise ConfigError(f"{path} is not a learner checkpoint (it lacks {sorted(CHECKPOINT_KEYS)})",

@@ -22,7 +22,6 @@ A fresh run (without --resume) clears its run's keys in Redis first.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -136,7 +135,7 @@ def preset_defaults(preset: str) -> LearnerMainConfig:
 
 def parse_learner_config(argv: list[str] | None = None) -> LearnerMainConfig:
     """Parse twice: first --preset, then every flag with that preset's defaults."""
-    first = argparse.ArgumentParser(add_help=False)
+    first = ArgumentParser(prog="python -m learner.main", add_help=False)
     first.add_argument("--preset", default="ci", choices=["ci", "paper"])
     preset = first.parse_known_args(argv)[0].preset
     parser = ArgumentParser(prog="python -m learner.main", description=LearnerMainConfig.__doc__)
@@ -235,6 +234,9 @@ class StopSignal:
 def run(config: LearnerMainConfig, redis_url: str) -> dict:
     """The whole run against `redis_url`; returns the summary."""
     out = Path(config.out)
+    metrics = Metrics("prometheus")
+    server = serve_metrics(metrics, config.metrics_port)
+    replay = ReplayClient(redis_url, config.replay, metrics=metrics)  # a wrong address or password fails here
     device = resolve_device(config.device)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -243,9 +245,6 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
     policy_spec = PixelPolicySpec(image_size=config.env.image_size, action_dim=spec["action_dim"],
                                   latent_dim=lam.model.latent_dim, frames=config.downstream.policy_frames,
                                   scale=config.downstream.policy_scale)
-    metrics = Metrics("prometheus")
-    server = serve_metrics(metrics, config.metrics_port)
-    replay = ReplayClient(redis_url, config.replay, metrics=metrics)
     if not config.resume:
         replay.clear()
     probe_set = held_out_probe_set(config, lam, redis_url)

@@ -34,9 +34,9 @@ def cyclic_data(length: int = 96, period: int = 6, seed: int = 0) -> TransitionD
                           chunk_episode=np.arange(length // 32))
 
 
-def small_policy(latent_dim: int = 4, seed: int = 0) -> PixelPolicy:
+def small_policy(latent_dim: int = 4, seed: int = 0, action_dim: int = ACTIONS) -> PixelPolicy:
     torch.manual_seed(seed)
-    return PixelPolicy(PixelPolicySpec(image_size=SIZE, action_dim=ACTIONS, latent_dim=latent_dim, num_blocks=1))
+    return PixelPolicy(PixelPolicySpec(image_size=SIZE, action_dim=action_dim, latent_dim=latent_dim, num_blocks=1))
 
 
 def test_weights_round_trip_and_bad_blobs_are_refused():
@@ -99,7 +99,7 @@ def test_action_decoder_recovers_an_invertible_map_from_the_labelled_budget():
 
 def test_evaluation_rollouts_are_deterministic_for_a_seed_in_process_and_over_actors():
     env = EnvConfig(image_size=SIZE, render_size=32, action_repeat=3, max_episode_steps=15)
-    blob = encode_policy(small_policy(), version=0)
+    blob = encode_policy(small_policy(action_dim=6), version=0)  # HalfCheetah's 6 torques
     first = evaluate(env, blob, episodes=3, seed=5)
     assert evaluate(env, blob, episodes=3, seed=5) == first
     assert evaluate(env, blob, episodes=3, seed=5, workers=2) == first  # same episodes through 2 Ray actors

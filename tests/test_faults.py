@@ -1,11 +1,13 @@
 """Fault injection against real processes: Redis outages and restarts, kill -9, bad input in
-every key and stream the system reads, config errors of the real commands, an unprotected
-Redis on the network, and a segmenter actor killed mid-batch. `pytest -m faults` runs
-these (and the other tests marked `faults`); docs/reliability.md maps each promise to its test.
+every key and stream the system reads (chunks, the to-segment stream, published weights),
+config errors of the real commands, an unprotected Redis on the network, a segmenter actor
+killed mid-batch and a checkpoint writer killed mid-write. `pytest -m faults` runs these (and
+the other tests marked `faults`); docs/reliability.md maps each promise to its test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,14 +28,19 @@ import pytest
 import ray
 import redis
 
+from actors.rollout import ActorConfig, RolloutWorker
 from common import metrics as m
 from common.cli import ConfigError
 from common.cluster import init_ray
 from common.codec import SCHEMA_VERSION, encode_chunk
+from common.envs import EnvConfig
+from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.metrics import Metrics
 from common.replay import EmbeddedRedis, RedisUnavailable, ReplayClient, ReplayConfig
 from common.replay.safety import required_maxmemory
+from common.weights import WeightsChannel, encode_policy
 from conftest import synthetic_chunk
+from learner.loop import read_checkpoint
 from segmenter.config import SegmenterConfig
 from segmenter.service import SegmenterService, start_segmenters
 
@@ -301,6 +308,61 @@ def test_segmenter_dead_letters_bad_stream_entries_and_goes_on(redis_server, rep
     assert r.xlen(k.to_segment) == 0
 
 
+def _weights_schema(blob: bytes, **header) -> bytes:
+    items = msgpack.unpackb(blob, raw=False)
+    items[0] |= header
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def test_actors_refuse_bad_weights_keep_theirs_and_dead_letter_them(redis_server, replay_factory):
+    """Bad publications under the weights key, each with a higher version than the actors': both
+    actors refuse it (WeightsDecodeError, a warning, no crash) and keep acting with version 3; the
+    first to refuse it moves it to the dead-letter list, so it is recorded and counted once. The
+    next good publication is picked up."""
+    replay = replay_factory()
+    r, env = replay.redis, EnvConfig(env_id="HalfCheetah-v5", image_size=16, render_size=32, max_episode_steps=30)
+    actors = [RolloutWorker(i, env, ActorConfig(policy="latent", chunk_length=8), redis_server.url, replay.config)
+              for i in range(2)]
+    channel = WeightsChannel(replay)
+    spec = PixelPolicySpec(image_size=16, action_dim=6, latent_dim=8)
+    good = encode_policy(PixelPolicy(spec), version=3)
+    channel.publish(good, 3)
+    assert [a.collect(8, flush_partial=False).policy_version for a in actors] == [3, 3]
+    acting = [a.policy.policy for a in actors]
+    bad = {  # case: (blob or None for none, version key, what the dead-letter record says)
+        "foreign": (FOREIGN, b"4", "not valid msgpack"),
+        "truncated": (good[:-50], b"5", "truncated"),
+        "wrong schema version": (_weights_schema(good, schema=99), b"6", "schema/kind"),
+        "wrong tensor shapes": (_weights_schema(good, spec={**dataclasses.asdict(spec), "latent_dim": 5}), b"7",
+                                "does not fit"),
+        "other env": (encode_policy(PixelPolicy(dataclasses.replace(spec, action_dim=3)), 8), b"8", "3 actions"),
+        "other frame size": (encode_policy(PixelPolicy(dataclasses.replace(spec, image_size=32)), 9), b"9",
+                             "--image-size"),
+        "blob of another version": (encode_policy(PixelPolicy(spec), 2), b"10", "carries version 2"),
+        "no blob": (None, b"11", "without a blob"),
+        "version not a number": (good, b"v12", "not an integer"),
+    }
+    for case, (blob, version, error) in bad.items():
+        r.delete(channel.blob_key)
+        if blob is not None:
+            r.set(channel.blob_key, blob)
+        r.set(channel.version_key, version)
+        for actor, policy in zip(actors, acting):
+            report = actor.collect(2, flush_partial=False)
+            assert report.policy_version == 3 and report.env_steps == 2, case
+            assert actor.policy.policy is policy, case
+        assert not r.exists(channel.blob_key) and not r.exists(channel.version_key), case
+        record = json.loads(r.lindex(replay.keys.dead_letter, 0))
+        assert record["source"] == "weights" and error in record["error"], (case, record)
+        assert record["error"].startswith("WeightsDecodeError") and record["version"] == version.decode()
+    assert replay.stats().dead_letters == len(bad)  # once per publication, not once per actor
+
+    channel.publish(encode_policy(PixelPolicy(spec), version=13), 13)
+    assert [a.collect(8, flush_partial=False).policy_version for a in actors] == [13, 13]
+    for actor in actors:
+        actor.close()
+
+
 def test_nothing_deserialises_with_pickle():
     """Data from Redis and the network is msgpack or raw bytes: no pickle, marshal or shelve
     anywhere, and every torch.load is weights-only (tensors and plain containers)."""
@@ -311,10 +373,23 @@ def test_nothing_deserialises_with_pickle():
             if re.search(r"^\s*(?:import|from)\s+(?:c?pickle|marshal|shelve|dill|cloudpickle)\b|pickle\.loads?\(",
                          text, re.M):
                 offenders.append(f"{path}: pickle-like module")
-            for call in re.findall(r"torch\.load\([^)]*\)", text):
+            for call in _calls(text, "torch.load("):
                 if "weights_only=True" not in call:
                     offenders.append(f"{path}: {call}")
     assert not offenders, offenders
+
+
+def _calls(text: str, opening: str) -> list[str]:
+    """Each call that starts with `opening` in `text`, up to its balancing parenthesis."""
+    calls = []
+    for match in re.finditer(re.escape(opening), text):
+        depth, end = 0, match.start()
+        for end in range(match.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        calls.append(text[match.start():end + 1])
+    return calls
 
 
 # -- config errors of the real commands --------------------------------------------------------
@@ -324,8 +399,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _garbage_checkpoint(folder: Path) -> str:
-    path = folder / "garbage.pth"
+def _garbage_checkpoint(folder: Path, name: str = "garbage.pth") -> str:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a checkpoint" * 10)
     return str(path)
 
@@ -345,17 +421,27 @@ CONFIG_ERRORS = {
     "no replay": (["segmenter.main", "--redis-url", ""], "no replay to serve"),
     "expert env": (["learner.experts", "--env", "NoSuchEnv-v5"], "unsupported env id"),
     "compare method": (["learner.compare", "--methods", "lapo,nosuch"], "unknown method"),
+    "learner env": (["learner.main", "--env", "NoSuchEnv-v5"], "unsupported env id"),
+    "learner choice": (["learner.main", "--preset", "huge"], "invalid choice"),
+    "learner value": (["learner.main", "--num-actors", "0"], "at least 1"),
+    "learner checkpoint": (["learner.main", "--resume", "--out", "{garbage_run}"], "could not be read"),
+    "learner password": (["learner.main", "--metrics-port", "0", "--redis-url", "{wrong_password}"],
+                         "refused our credentials"),
+    "learner segmenter": (["learner.main", "--segmenter", "sam"], "needs --sam-checkpoint"),
 }
 
 
 @pytest.mark.parametrize("case", CONFIG_ERRORS)
 def test_config_errors_exit_with_one_line_and_no_traceback(case, redis_server, tmp_path):
     args, expected = CONFIG_ERRORS[case]
-    wrong = redis_server.url.replace(redis_server.password, "not-the-password")
-    args = [a.format(wrong_password=wrong, free_port=_free_port(), garbage=_garbage_checkpoint(tmp_path)) for a in args]
+    out = tmp_path / "out"
+    fills = {"wrong_password": lambda: redis_server.url.replace(redis_server.password, "not-the-password"),
+             "free_port": _free_port, "garbage": lambda: _garbage_checkpoint(tmp_path),
+             "garbage_run": lambda: str(Path(_garbage_checkpoint(out, "checkpoint.pt")).parent)}
+    args = [a.format(**{name: fill() for name, fill in fills.items() if f"{{{name}}}" in a}) for a in args]
     env = {**os.environ, "MASKLAM_REDIS_URL": redis_server.url if args[0] == "segmenter.main" and case != "no replay"
            else ""}
-    result = subprocess.run([sys.executable, "-m", *args, "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", *args, "--out", str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
@@ -443,3 +529,58 @@ def test_a_killed_segmenter_actor_is_restarted_and_its_batch_finished(redis_serv
         assert summary["chunks"] == 5 and summary["consumer"] != consumer["name"].decode()
     finally:
         ray.shutdown()
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+CHECKPOINT_WRITER = """
+import sys, torch
+from pathlib import Path
+from learner.loop import CHECKPOINT_KEYS, read_checkpoint, write_checkpoint
+path = Path(sys.argv[1])
+writes = read_checkpoint(path)["counters"]["writes"] if path.exists() else 0
+payload = torch.zeros(int(sys.argv[2]), dtype=torch.uint8)
+while True:
+    writes += 1
+    write_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS, {}), "counters": {"writes": writes}, "lam": {"w": payload}},
+                     path)
+    print(writes, flush=True)
+"""
+
+
+def _stop_mid_write(writer: subprocess.Popen, tmp: Path, size: int) -> None:
+    """Freeze `writer` (SIGSTOP) at a moment its temporary checkpoint file is partly written."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "never caught a write under way"
+        if tmp.exists() and 0 < tmp.stat().st_size < size:
+            writer.send_signal(signal.SIGSTOP)
+            if tmp.exists() and tmp.stat().st_size < size:
+                return
+            writer.send_signal(signal.SIGCONT)  # it finished that write meanwhile: the next one
+        time.sleep(0.001)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
+    """A process that keeps writing checkpoints with the learner's `write_checkpoint` is SIGKILLed
+    while a write is under way (its temporary file partly written), three times, each time
+    started again from what it left: the checkpoint is always the last whole one, and the
+    partial file is never read in its place (read on purpose, it is refused)."""
+    path, size = tmp_path / "checkpoint.pt", 64 * 2**20
+    tmp = path.with_name(path.name + ".tmp")
+    for kill in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, str(path), str(size)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            first = writer.stdout.readline()  # one whole checkpoint at least
+            assert first, "the writer did not start"
+            _stop_mid_write(writer, tmp, size)
+            writer.send_signal(signal.SIGKILL)
+            written = [int(line) for line in (first + writer.communicate(timeout=60)[0]).split()]
+        finally:
+            writer.kill()
+        assert writer.returncode == -signal.SIGKILL and tmp.stat().st_size < size
+        writes = read_checkpoint(path)["counters"]["writes"]
+        assert writes in (written[-1], written[-1] + 1), (kill, written[-3:], writes)  # +1: killed before its print
+        with pytest.raises(ConfigError, match="could not be read"):
+            read_checkpoint(tmp)
+    assert writes >= 3

@@ -1,6 +1,8 @@
 """`python -m learner.main` end to end: real Redis, a real local Ray, 4 actors, the oracle
 segmenter, tiny frames. The first run is scraped for metrics while it runs and has the
-processes of one rollout actor and of the segmenter killed; the second resumes its checkpoint."""
+processes of one rollout actor and of the segmenter killed; every chunk it left in the replay
+is then checked whole and counted, and the second run resumes its checkpoint. Another run has
+its learner process killed, and is resumed from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -13,14 +15,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.rollout import ActorConfig, RolloutWorker
+from benchmarks.soak import command_line, process_tree
+from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
+from common.replay import ReplayClient, ReplayConfig
 from common.weights import WeightsChannel, encode_policy
+from learner.loop import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "ci", "--num-actors", "4", "--segmenter", "oracle", "--image-size", "16", "--render-size", "32",
@@ -35,12 +44,12 @@ def test_actor_picks_up_published_weights_between_calls(redis_server, replay_fac
     env = EnvConfig(env_id="HalfCheetah-v5", image_size=16, render_size=32, max_episode_steps=30)
     worker = RolloutWorker(0, env, ActorConfig(policy="latent", chunk_length=8), redis_server.url, replay.config)
     channel = WeightsChannel(replay)
-    assert channel.version() == 0 and channel.fetch_newer(0) is None
+    assert channel.version() == 0
     first = worker.collect(8, flush_partial=False)
     assert first.policy_version == 0 and first.incarnation == worker.incarnation
     policy = PixelPolicy(PixelPolicySpec(image_size=16, action_dim=6, latent_dim=8))
     channel.publish(encode_policy(policy, version=3), version=3)
-    assert channel.version() == 3 and channel.fetch_newer(3) is None and channel.fetch_newer(2) is not None
+    assert channel.version() == 3
     second = worker.collect(8, flush_partial=False)
     worker.close()
     assert second.policy_version == 3
@@ -66,25 +75,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 def _actor_pids(root_pid: int, actor_class: str) -> list[int]:
     """Ray worker processes of `actor_class` actors among the descendants of `root_pid`."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root_pid]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                if f"ray::{actor_class}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                pass
-    return found
+    return [pid for pid in process_tree(root_pid) if f"ray::{actor_class}" in command_line(pid)]
 
 
 @contextlib.contextmanager
@@ -111,9 +102,45 @@ def _finish(process: subprocess.Popen, log: Path, timeout_s: float) -> None:
     assert process.returncode == 0, log.read_text()[-4000:]
 
 
-def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_resumes(redis_server, tmp_path):
-    out, data, port = tmp_path / "run", tmp_path / "data", _free_port()
-    common = ["--out", str(out), "--data-dir", str(data), "--run-name", f"learner-{port}"]
+@pytest.fixture(scope="module")
+def probe_data(tmp_path_factory) -> Path:
+    """One held-out probe set for the runs of this module (collected by the first)."""
+    return tmp_path_factory.mktemp("probe-data")
+
+
+def _check_replay_whole(replay: ReplayClient) -> dict[int, set[str]]:
+    """Every chunk in the replay decodes, holds one frame more than steps, agrees with its info
+    record, and continues its episode exactly where the chunk before it ended (frames included):
+    a chunk in flight when its actor died is absent, never partial. The per-actor count the
+    replay keeps agrees with the chunks, and all is counted once. Returns each actor id's
+    incarnations (from its episode ids)."""
+    ids = replay.chunk_ids_after(0, limit=100_000)
+    episodes, steps, incarnations = defaultdict(list), defaultdict(int), defaultdict(set)
+    for chunk_id, blob in zip(ids, replay.get_chunk_blobs(ids)):
+        chunk = decode_chunk(blob)
+        info = replay.redis.hget(replay.keys.info, chunk_id).decode()
+        assert chunk.frames.shape[0] == chunk.num_steps + 1 == int(info.split(":")[0]) + 1, chunk_id
+        episodes[chunk.episode_id].append(chunk)
+        steps[chunk.actor_id] += chunk.num_steps
+        incarnations[chunk.actor_id].add(chunk.episode_id.split("-")[2])
+    for episode, chunks in episodes.items():
+        chunks.sort(key=lambda c: c.start_step)
+        assert chunks[0].start_step == 0, episode
+        for before, after in zip(chunks, chunks[1:]):
+            assert after.start_step == before.start_step + before.num_steps, episode
+            np.testing.assert_array_equal(after.frames[0], before.frames[-1])
+    stats = replay.stats()
+    assert stats.evicted_chunks == 0 and stats.dead_letters == 0  # so every chunk inserted is here
+    assert len(ids) == stats.inserted_chunks and sum(steps.values()) == stats.stored_steps == stats.inserted_steps
+    assert {actor: count[1] for actor, count in replay.stored_by_actor().items()} == steps
+    return incarnations
+
+
+@pytest.mark.faults
+def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_resumes(redis_server, tmp_path,
+                                                                                     probe_data):
+    out, port = tmp_path / "run", _free_port()
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", f"learner-{port}"]
     scraped: dict[str, float] = {}
     killed: list[int] = []
     with _learner([*common, "--metrics-port", str(port), "--max-minutes", "1.0", "--total-env-steps", "none"],
@@ -139,6 +166,14 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert summary["weights_version"] >= 1 and summary["max_actor_weights_version"] >= 1
     assert summary["chunks_inserted"] > 0 and summary["chunks_sampled"] > 0 and summary["env_steps"] > 0
     assert summary["actor_restarts"] >= 2
+    assert scraped.get('masklam_learner_actor_restarts_total{"role": "rollout"}', 0) >= 1
+
+    # the actor killed mid-run: every chunk is whole, counted once, and its replacement wrote some
+    replay = ReplayClient(redis_server.url, ReplayConfig(run_name=f"learner-{port}"))
+    incarnations = _check_replay_whole(replay)
+    stats = replay.stats()
+    assert (summary["chunks_inserted"], summary["steps_inserted"]) == (stats.inserted_chunks, stats.inserted_steps)
+    assert sorted(len(seen) for seen in incarnations.values()) == [1, 1, 1, 2]
     assert summary["probe_nmse"] is not None and summary["eval_return"] is not None
     assert set(summary["final_losses"]) == {"lam", "policy"}
     assert (out / "checkpoint.pt").is_file()
@@ -155,3 +190,63 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert resumed["weights_version"] > summary["weights_version"]
     assert resumed["actor_restarts"] >= summary["actor_restarts"]
     assert resumed["evals"][:len(summary["evals"])] == summary["evals"]
+
+
+@pytest.mark.faults
+def test_a_killed_learner_resumes_from_its_last_checkpoint(redis_server, tmp_path, probe_data):
+    """SIGKILL the learner process once it has checkpointed after publishing weights; started
+    again with --resume it continues from that checkpoint: counters, weights version, history,
+    optimiser state (its step count goes on), and every chunk of both sessions is whole."""
+    out, log, run_name = tmp_path / "run", tmp_path / "first.log", f"killed-{_free_port()}"
+    checkpoint = out / "checkpoint.pt"
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", run_name, "--metrics-port", "0",
+              "--checkpoint-minutes", "0.1"]
+    with _learner([*common, "--max-minutes", "3", "--total-env-steps", "none"], redis_server.url, log) as first:
+        deadline = time.monotonic() + 300
+        while not (checkpoint.is_file() and read_checkpoint(checkpoint)["counters"]["weights_version"] >= 1):
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        processes = {pid: _start_time(pid) for pid in process_tree(first.pid)[1:]}
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    _reap(processes)  # what Ray leaves running when its driver is killed
+    last = read_checkpoint(checkpoint)  # the kill may have come after a later one
+    before = last["counters"]
+
+    steps = before["env_steps"] + 600
+    with _learner([*common, "--resume", "--total-env-steps", str(steps)], redis_server.url,
+                  tmp_path / "second.log") as second:
+        _finish(second, tmp_path / "second.log", timeout_s=400)
+    assert (f"resumed {checkpoint}: {before['env_steps']} env steps, {before['lam_updates']} LAM and "
+            f"{before['policy_updates']} policy updates, weights version {before['weights_version']}"
+            in (tmp_path / "second.log").read_text())
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["resumed"] and resumed["env_steps"] >= steps
+    for counter in ("lam_updates", "policy_updates", "weights_version", "chunks_inserted", "steps_inserted"):
+        assert resumed[counter] > before[counter], counter
+    history = json.loads(last["history"])
+    assert resumed["probes"][:len(history["probes"])] == history["probes"]
+    assert resumed["evals"][:len(history["evals"])] == history["evals"]
+    final = read_checkpoint(checkpoint)
+    assert {int(s["step"]) for s in final["lam_optimizer"]["state"].values()} == {resumed["lam_updates"]}
+    _check_replay_whole(ReplayClient(redis_server.url, ReplayConfig(run_name=run_name)))
+
+
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot), to tell it from a later process with its number."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _reap(processes: dict[int, str | None], grace_s: float = 30.0) -> None:
+    """Wait for these processes (pid: start time) to exit; SIGKILL those still there after `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = {pid: start for pid, start in alive.items() if start is not None and _start_time(pid) == start}
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

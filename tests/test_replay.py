@@ -57,6 +57,19 @@ def test_windows_longer_than_short_chunks_skip_them(replay_factory):
         replay.sample(4, 12, np.random.default_rng(0))
 
 
+def test_a_batch_wider_than_the_step_array_cache_keeps_every_row_aligned(replay_factory):
+    """The sampler caches checked step arrays for at most `capacity_chunks` chunks; a batch over
+    more chunks than that (a replay evicting while the learner samples) pushes the first rows'
+    arrays out of the cache before the batch is assembled. Each row keeps its own."""
+    writer = replay_factory()
+    for i in range(12):
+        writer.insert(synthetic_chunk(num_steps=8, first_step=20 * i))
+    batch = replay_factory(capacity_chunks=2).sample(64, 3, np.random.default_rng(0))
+    step = batch.frames[:, :, 0, 0, 0].astype(np.int64)
+    np.testing.assert_array_equal(batch.actions[:, :, 0], step[:, :-1])
+    assert len(set(batch.chunk_ids.tolist())) > 2
+
+
 @pytest.mark.faults
 def test_fifo_eviction_by_chunk_count(replay_factory):
     replay = replay_factory(capacity_chunks=5)

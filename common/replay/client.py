@@ -14,6 +14,10 @@ Keys, all under one run prefix so runs never collide:
     <run>:stats        hash of counters (see `ReplayStats`)
     <run>:next-id      chunk id counter
     <run>:frame-shape  "H:W" of the run's frames (set by the first insert; one run, one size)
+    <run>:by-actor     hash "<actor id>:chunks" / "<actor id>:steps" -> what each actor stored
+                       (written by the insert script, so a crashed actor's count is never lost)
+    <run>:weights      the latest published policy weights (common.weights.WeightsChannel)
+    <run>:weights-version  their version
 
 An insert is one Lua script, atomic like MULTI/EXEC, so a chunk is stored whole or not
 at all; it first checks whether its id is already stored, so an insert retried after a
@@ -99,6 +103,8 @@ redis.call('HINCRBY', KEYS[8], 'inserted_steps', steps)
 redis.call('HINCRBY', KEYS[8], 'inserted_bytes', size)
 redis.call('HINCRBY', KEYS[8], 'stored_bytes', size)
 redis.call('HINCRBY', KEYS[8], 'stored_steps', steps)
+redis.call('HINCRBY', KEYS[11], ARGV[10] .. ':chunks', 1)
+redis.call('HINCRBY', KEYS[11], ARGV[10] .. ':steps', steps)
 if ARGV[7] == '1' then
   redis.call('XADD', KEYS[9], '*', 'id', ARGV[1])
 else
@@ -272,7 +278,7 @@ class ReplayKeys:
         self.order, self.ready, self.stats = p + "order", p + "ready", p + "stats"
         self.to_segment, self.next_id = p + "to-segment", p + "next-id"
         self.dead_letter, self.segmenter_stats = p + "dead-letter", p + "segmenter-stats"
-        self.frame_shape = p + "frame-shape"
+        self.frame_shape, self.by_actor = p + "frame-shape", p + "by-actor"
 
     def removal(self) -> list[str]:
         """KEYS of the scripts that remove chunks (eviction, dead-letter)."""
@@ -377,8 +383,8 @@ class ReplayClient:
         stored = self.guard.call(
             self._insert,
             keys=[k.chunk(cid), k.mask(cid), k.meta, k.info, k.size, k.order, k.ready, k.stats, k.to_segment,
-                  k.frame_shape],
-            args=[cid, blob, meta, info, size, chunk.num_steps, int(segment), masks, f"{h}:{w}"])
+                  k.frame_shape, k.by_actor],
+            args=[cid, blob, meta, info, size, chunk.num_steps, int(segment), masks, f"{h}:{w}", chunk.actor_id])
         if isinstance(stored, bytes):
             raise ChunkDecodeError(f"chunk frames are {h}x{w}, this run's are {stored.decode().replace(':', 'x')}; "
                                    "one run must use one frame size (start a new --run-name)")
@@ -481,7 +487,8 @@ class ReplayClient:
                     refused.add(cid)
                     self._refuse(cid, ChunkDecodeError("masks are not binary (0 = background, 1 = agent)"))
                     continue
-                rows.append((cid, start, frames, masks, info))
+                # its step arrays with it: a later attempt may push them out of the cache
+                rows.append((cid, start, frames, masks, info, self._meta_cache[cid]))
             rows = [row for row in rows if row[0] not in refused]
         if len(rows) < batch_size:
             raise RuntimeError(f"the replay has no ready chunk with at least {window} frames; "
@@ -529,7 +536,7 @@ class ReplayClient:
             raise ChunkDecodeError("sampled chunks have different frame sizes; one run must use one frame size")
         frames = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(len(rows), window, h, w, 3)
         masks = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.uint8).reshape(len(rows), window, h, w)
-        metas = [self._meta_cache[row[0]] for row in rows]
+        metas = [row[5] for row in rows]
         steps = {name: np.stack([m[name][s:s + window - 1] for m, s in zip(metas, starts)]) for name in STEP_ARRAYS}
         return TransitionWindows(frames=frames, masks=masks, chunk_ids=np.array([int(r[0]) for r in rows]),
                                  starts=starts, **steps)
@@ -589,6 +596,15 @@ class ReplayClient:
         raw = {k.decode(): v for k, v in self.redis.hgetall(self.keys.stats).items()}
         values = {f.name: type(f.default)(float(raw[f.name])) for f in fields(ReplayStats) if f.name in raw}
         return ReplayStats(**values, stored_chunks=int(self.redis.zcard(self.keys.order)))
+
+    @_waits_out_outages
+    def stored_by_actor(self) -> dict[int, tuple[int, int]]:
+        """(chunks, steps) each actor id has stored in this run (counted by the insert script itself)."""
+        counts: dict[int, list[int]] = {}
+        for name, value in self.redis.hgetall(self.keys.by_actor).items():
+            actor, kind = name.decode().split(":")
+            counts.setdefault(int(actor), [0, 0])[1 if kind == "steps" else 0] = int(value)
+        return {actor: (chunks, steps) for actor, (chunks, steps) in counts.items()}
 
     @_waits_out_outages
     def add_wait(self, name: str, seconds: float) -> None:

@@ -9,9 +9,7 @@ in `train_seconds`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import config_to_dict
-from common.progress import Progress
 from learner.data import TransitionData, Windows, gather_windows, sample_windows
 from learner.lam.batch import LAMBatch, input_channels, make_batch, reconstruction_loss
 from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig
 from learner.lam.model import LatentActionModel
+from learner.offline_run import CHECKPOINT, OfflineRun
 from learner.probe import nmse, ridge_probe
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
 ENCODE_BATCH = 256
 
 
@@ -139,51 +134,25 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
 
     Returns the metrics: final probe scores, final losses, timings and the curves.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / METRICS
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics["config"] == config_to_dict(config) and metrics["seed"] == seed:
-            return metrics  # this exact run is done: reuse it
+    run = OfflineRun(out, config, seed, config.optim.updates, label, log_every)
+    if (finished := run.finished()) is not None:
+        return finished
     torch.manual_seed(seed)
     image_size = data.frames.shape[1]
     model = build_model(config, image_size, data.action_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    total = config.optim.updates
-    scheduler = cosine_schedule(optimizer, total)
-    state = {"update": 0, "train_seconds": 0.0, "losses": [], "probes": []}
-    checkpoint_path = out / CHECKPOINT
-    if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if checkpoint["config"] == config_to_dict(config) and checkpoint["seed"] == seed:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            state = checkpoint["state"]
+    scheduler = cosine_schedule(optimizer, config.optim.updates)
+    run.resume(device, model=model, optimizer=optimizer, scheduler=scheduler)
 
     method = config.method
     starts = data.window_starts(method.window)
     if len(starts) == 0:
         raise ValueError(f"no chunk holds the {method.window} consecutive frames this method needs")
-    rng = np.random.default_rng([seed, state["update"]])
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + state["update"])
-    progress = Progress(label, total, unit="updates", interval_s=10.0)
-    running: dict[str, list[float]] = {}
-
-    def save() -> None:
-        torch.save({"config": config_to_dict(config), "seed": seed, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                    "image_size": image_size, "action_dim": data.action_dim}, checkpoint_path)
-
-    def probe_now() -> None:
-        scores = evaluate_probes(model, config, probe_sets)
-        state["probes"].append({"update": state["update"], **scores})
-
-    if not state["probes"]:
-        probe_now()
-    while state["update"] < total:
-        tick = time.perf_counter()
+    rng, generator = run.rng_seeds()
+    if not run.state["probes"]:
+        run.record_probes(evaluate_probes(model, config, probe_sets))
+    while run.update < config.optim.updates:
+        run.start_update()
         windows = sample_windows(data, starts, config.optim.batch_size, method.window, rng)
         offsets = rng.integers(1, method.max_future_offset + 1, size=config.optim.batch_size)
         losses = lam_losses(model, config, make_batch(windows, method, config.model, offsets, generator).to(device))
@@ -191,33 +160,11 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
         losses["loss"].backward()
         optimizer.step()
         scheduler.step()
-        state["update"] += 1
-        state["train_seconds"] += time.perf_counter() - tick
-        for name, value in losses.items():
-            running.setdefault(name, []).append(float(value.detach()))
-        if state["update"] % log_every == 0 or state["update"] == total:
-            state["losses"].append({"update": state["update"], **{k: float(np.mean(v)) for k, v in running.items()}})
-            running = {}
-        if state["update"] % eval_every == 0 or state["update"] == total:
-            probe_now()
-            save()
-        last = state["probes"][-1]
-        progress.update(state["update"], loss=state["losses"][-1]["loss"] if state["losses"] else float(losses["loss"]),
-                        probe_nmse=last["probe_nmse"])
-    progress.close()
-
-    final = state["probes"][-1]
-    metrics = {
-        "config": config_to_dict(config), "seed": seed, "updates": state["update"],
-        "train_seconds": state["train_seconds"],
-        "updates_per_s": state["update"] / max(state["train_seconds"], 1e-9),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        **{k: v for k, v in final.items() if k != "update"},
-        "final_losses": {k: v for k, v in state["losses"][-1].items() if k != "update"} if state["losses"] else {},
-        "loss_curve": state["losses"], "probe_curve": state["probes"],
-    }
-    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
+        if run.end_update(losses) or run.update % eval_every == 0:
+            run.record_probes(evaluate_probes(model, config, probe_sets))
+            run.save(model=model, optimizer=optimizer, scheduler=scheduler, image_size=image_size,
+                     action_dim=data.action_dim)
+    return run.finish(sum(p.numel() for p in model.parameters()))
 
 
 def load_model(out: str | Path) -> tuple[LatentActionModel, dict]:

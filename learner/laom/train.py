@@ -15,22 +15,19 @@ the optimiser's step the target encoder moves towards the encoder by `target_tau
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.config import config_to_dict
-from common.progress import Progress
 from learner.data import TransitionData, Windows, gather_windows, sample_windows
 from learner.laom.augment import augment
 from learner.laom.batch import LAOMBatch, labelled_starts, make_batch
 from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, LAOMOptimConfig
 from learner.laom.model import LAOM
-from learner.lam.train import CHECKPOINT, ENCODE_BATCH, METRICS, ProbeSet, cosine_schedule, evaluate_probes
+from learner.lam.train import ENCODE_BATCH, ProbeSet, cosine_schedule, evaluate_probes
+from learner.offline_run import CHECKPOINT, OfflineRun
 
 
 def build_model(config: LAOMConfig, image_size: int, action_dim: int) -> LAOM:
@@ -146,28 +143,16 @@ def latent_actions(model: LAOM, config: LAOMConfig, data: TransitionData, rows: 
 def train_laom(config: LAOMConfig, data: TransitionData, probe_sets: dict[str, ProbeSet], out: str | Path,
                seed: int, eval_every: int, label: str = "laom", log_every: int = 50, device: str = "cpu") -> dict:
     """Train to `config.optim.updates` (resuming from OUT/checkpoint.pt), write OUT/metrics.json."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / METRICS
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics["config"] == config_to_dict(config) and metrics["seed"] == seed:
-            return metrics  # this exact run is done: reuse it
+    optim = config.optim
+    run = OfflineRun(out, config, seed, optim.updates, label, log_every)
+    if (finished := run.finished()) is not None:
+        return finished
     torch.manual_seed(seed)
     image_size = data.frames.shape[1]
     model = build_model(config, image_size, data.action_dim).to(device)
-    optim = config.optim
     optimizer = torch.optim.AdamW(model.online_parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = cosine_schedule(optimizer, optim.updates, warmup=round(optim.warmup * optim.updates))
-    state = {"update": 0, "train_seconds": 0.0, "losses": [], "probes": []}
-    checkpoint_path = out / CHECKPOINT
-    if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if checkpoint["config"] == config_to_dict(config) and checkpoint["seed"] == seed:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            state = checkpoint["state"]
+    run.resume(device, model=model, optimizer=optimizer, scheduler=scheduler)
 
     method = config.method
     starts = data.window_starts(method.window)
@@ -176,58 +161,25 @@ def train_laom(config: LAOMConfig, data: TransitionData, probe_sets: dict[str, P
     label_starts = labelled_starts(data, method.window, method.label_budget) if method.labels else None
     if label_starts is not None and len(label_starts) == 0:
         raise ValueError(f"no {method.window}-frame window lies within the first {method.label_budget} transitions")
-    rng = np.random.default_rng([seed, state["update"]])
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + state["update"])
-    progress = Progress(label, optim.updates, unit="updates", interval_s=10.0)
-    running: dict[str, list[float]] = {}
+    rng, generator = run.rng_seeds()
 
     def draw(pool: np.ndarray, size: int) -> LAOMBatch:
         windows = sample_windows(data, pool, size, method.window, rng)
         return make_batch(windows, method, rng.integers(1, method.max_future_offset + 1, size=size)).to(device)
 
-    def save() -> None:
-        torch.save({"config": config_to_dict(config), "seed": seed, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                    "image_size": image_size, "action_dim": data.action_dim}, checkpoint_path)
-
-    def probe_now() -> None:
-        scores = evaluate_probes(model, config, probe_sets, encode=encode_probe_set)
-        state["probes"].append({"update": state["update"], **scores})
-
-    if not state["probes"]:
-        probe_now()
-    while state["update"] < optim.updates:
-        tick = time.perf_counter()
+    if not run.state["probes"]:
+        run.record_probes(evaluate_probes(model, config, probe_sets, encode=encode_probe_set))
+    while run.update < optim.updates:
+        run.start_update()
         batch = draw(starts, optim.batch_size)
         labelled = draw(label_starts, optim.label_batch_size) if label_starts is not None else None
         losses = laom_losses(model, config, batch, labelled, generator)
         apply_update(model, optimizer, scheduler, losses["loss"], optim.target_tau)
-        state["update"] += 1
-        state["train_seconds"] += time.perf_counter() - tick
-        for name, value in losses.items():
-            running.setdefault(name, []).append(float(value.detach()))
-        if state["update"] % log_every == 0 or state["update"] == optim.updates:
-            state["losses"].append({"update": state["update"], **{k: float(np.mean(v)) for k, v in running.items()}})
-            running = {}
-        if state["update"] % eval_every == 0 or state["update"] == optim.updates:
-            probe_now()
-            save()
-        last_loss = state["losses"][-1]["loss"] if state["losses"] else float(losses["loss"].detach())
-        progress.update(state["update"], loss=last_loss, probe_nmse=state["probes"][-1]["probe_nmse"])
-    progress.close()
-
-    final = state["probes"][-1]
-    metrics = {
-        "config": config_to_dict(config), "seed": seed, "updates": state["update"],
-        "train_seconds": state["train_seconds"],
-        "updates_per_s": state["update"] / max(state["train_seconds"], 1e-9),
-        "parameters": sum(p.numel() for p in model.online_parameters()),
-        **{k: v for k, v in final.items() if k != "update"},
-        "final_losses": {k: v for k, v in state["losses"][-1].items() if k != "update"} if state["losses"] else {},
-        "loss_curve": state["losses"], "probe_curve": state["probes"],
-    }
-    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics
+        if run.end_update(losses) or run.update % eval_every == 0:
+            run.record_probes(evaluate_probes(model, config, probe_sets, encode=encode_probe_set))
+            run.save(model=model, optimizer=optimizer, scheduler=scheduler, image_size=image_size,
+                     action_dim=data.action_dim)
+    return run.finish(sum(p.numel() for p in model.online_parameters()))
 
 
 def load_model(out: str | Path) -> tuple[LAOM, LAOMConfig]:

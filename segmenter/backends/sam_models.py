@@ -97,8 +97,9 @@ def _encoder_width(path: Path, model_type: str) -> int:
     return int(state[_WIDTH_KEY].shape[0])
 
 
-def load_sam(model_type: str, checkpoint: str | None) -> Sam:
-    """Build SAM of `model_type` with the weights in `checkpoint`; SamCheckpointError says what is wrong."""
+def check_sam_checkpoint(model_type: str, checkpoint: str | None) -> Path:
+    """The checkpoint's path if it is a readable SAM checkpoint of `model_type` (read lazily, so
+    this is cheap); SamCheckpointError says what is wrong."""
     if model_type not in BUILDERS:
         raise SamCheckpointError(f"unknown SAM model type {model_type!r}; expected one of {sorted(BUILDERS)}")
     if not checkpoint:
@@ -112,6 +113,12 @@ def load_sam(model_type: str, checkpoint: str | None) -> Sam:
         looks = f"it looks like a {actual[0]} checkpoint" if actual else f"its image encoder is {width} wide"
         raise SamCheckpointError(f"SAM checkpoint {path} does not match --sam-model-type {model_type} "
                                  f"(image encoder {WIDTHS[model_type]} wide): {looks}. {_explain(model_type)}")
+    return path
+
+
+def load_sam(model_type: str, checkpoint: str | None) -> Sam:
+    """Build SAM of `model_type` with the weights in `checkpoint`; SamCheckpointError says what is wrong."""
+    path = check_sam_checkpoint(model_type, checkpoint)
     try:
         return BUILDERS[model_type](checkpoint=str(path))
     except RuntimeError as exc:  # load_state_dict: same width, other layout
