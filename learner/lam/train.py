@@ -54,15 +54,27 @@ def build_model(config: LAMConfig, image_size: int, action_dim: int) -> LatentAc
 def encode_probe_set(model: LatentActionModel, config: LAMConfig, probe_set: ProbeSet
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(latents, online-probe predictions, actions, background velocities) of every window."""
-    model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
-    latents, predictions, actions, velocity = [], [], [], []
-    n = len(probe_set.fit)
-    for i in range(0, n, ENCODE_BATCH):
-        part = Windows(*(getattr(probe_set.windows, f.name)[i:i + ENCODE_BATCH] for f in dataclasses.fields(Windows)))
+
+    def encode(part: Windows) -> tuple[torch.Tensor, LAMBatch]:
         batch = make_batch(part, config.method, config.model, np.ones(len(part.frames), np.int64), generator)
-        z, _ = model.encode(batch.idm_input.to(device))
+        return model.encode(batch.idm_input.to(device))[0], batch
+
+    return encode_in_batches(model, probe_set, encode)
+
+
+def encode_in_batches(model: torch.nn.Module, probe_set: ProbeSet,
+                      encode: Callable[[Windows], tuple[torch.Tensor, LAMBatch]]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run `encode` (windows -> latent, batch with .action and .bg_velocity) over a probe set in
+    slices, in eval mode: (latents, online-probe predictions, actions, background velocities).
+    Shared by the model families; each brings its own `encode`."""
+    model.eval()
+    latents, predictions, actions, velocity = [], [], [], []
+    for i in range(0, len(probe_set.fit), ENCODE_BATCH):
+        part = Windows(*(getattr(probe_set.windows, f.name)[i:i + ENCODE_BATCH] for f in dataclasses.fields(Windows)))
+        z, batch = encode(part)
         latents.append(z.float().cpu().numpy())
         predictions.append(model.probe(z).float().cpu().numpy())
         actions.append(batch.action.numpy())

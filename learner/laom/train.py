@@ -14,7 +14,6 @@ the optimiser's step the target encoder moves towards the encoder by `target_tau
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from learner.laom.augment import augment
 from learner.laom.batch import LAOMBatch, labelled_starts, make_batch
 from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, LAOMOptimConfig
 from learner.laom.model import LAOM
-from learner.lam.train import ENCODE_BATCH, ProbeSet, cosine_schedule, evaluate_probes
+from learner.lam.train import ENCODE_BATCH, ProbeSet, cosine_schedule, encode_in_batches, evaluate_probes
 from learner.offline_run import CHECKPOINT, OfflineRun
 
 
@@ -114,17 +113,7 @@ def encode_windows(model: LAOM, method: LAOMMethodConfig, windows: Windows) -> t
 def encode_probe_set(model: LAOM, config: LAOMConfig, probe_set: ProbeSet
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(latents, online-probe predictions, actions, background velocities) of every window."""
-    model.eval()
-    latents, predictions, actions, velocity = [], [], [], []
-    for i in range(0, len(probe_set.fit), ENCODE_BATCH):
-        part = Windows(*(getattr(probe_set.windows, f.name)[i:i + ENCODE_BATCH] for f in dataclasses.fields(Windows)))
-        z, batch = encode_windows(model, config.method, part)
-        latents.append(z.float().cpu().numpy())
-        predictions.append(model.probe(z).float().cpu().numpy())
-        actions.append(batch.action.numpy())
-        velocity.append(batch.bg_velocity.numpy())
-    model.train()
-    return tuple(np.concatenate(parts) for parts in (latents, predictions, actions, velocity))
+    return encode_in_batches(model, probe_set, lambda part: encode_windows(model, config.method, part))
 
 
 @torch.no_grad()
