@@ -18,22 +18,21 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.report import write_report
 from benchmarks.rollout import bare_steps_per_s
 from common.config import parse_config
 from common.envs import EnvConfig
+from common.metrics import scrape_metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
+from common.replay.redis_server import free_loopback_port
 from learner.main import preset_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,23 +53,6 @@ class SystemBenchConfig:
         metadata={"help": "extra learner.main flags (the env settings must match the bare loop's: the ci preset's)"})
 
 
-def scrape(port: int) -> dict[str, float]:
-    """name{labels} -> value of every sample on a metrics endpoint; empty while it is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Reading:
     """Cumulative counters at one instant."""
@@ -84,7 +66,7 @@ class Reading:
 
     @classmethod
     def take(cls, replay: ReplayClient, port: int) -> "Reading":
-        stats, metrics = replay.stats(), scrape(port)
+        stats, metrics = replay.stats(), scrape_metrics(port)
         return cls(time.monotonic(), stats.inserted_steps, stats.insert_wait_s,
                    metrics.get("masklam_learner_updates_total|phase=lam", 0.0),
                    metrics.get("masklam_learner_updates_total|phase=policy", 0.0),
@@ -94,7 +76,7 @@ class Reading:
 def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, server: EmbeddedRedis,
             work: Path) -> dict:
     """One learner.main run with `num_actors` actors; figures over the measured window."""
-    run_name, port = f"bench-system-{num_actors}", free_port()
+    run_name, port = f"bench-system-{num_actors}", free_loopback_port()
     replay = ReplayClient(server.url, ReplayConfig(run_name=run_name, capacity_bytes=2**30))
     out = work / f"actors{num_actors}"
     command = [sys.executable, "-m", "learner.main", "--num-actors", str(num_actors), "--run-name", run_name,
@@ -105,7 +87,7 @@ def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, ser
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + config.warmup_timeout_s
-            while scrape(port).get("masklam_learner_weights_version", 0) < 1:
+            while scrape_metrics(port).get("masklam_learner_weights_version", 0) < 1:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"learner.main with {num_actors} actors published no weights; "
                                        f"see {work / f'actors{num_actors}.log'}")

@@ -236,3 +236,18 @@ class Metrics:
         suffix = {"counter": "_total", "gauge": "", "histogram": "_count"}[spec.kind]
         values = {**self.constant_labels, **labels}
         return self.registry.get_sample_value(spec.name + suffix, {k: str(values[k]) for k in spec.labels})
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """Every sample a metrics endpoint serves, as `name|label=value|...` -> value (labels
+    sorted); empty while the endpoint is not up. For tests and benchmarks that read a run."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {sample.name + "".join(f"|{k}={v}" for k, v in sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}

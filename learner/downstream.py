@@ -81,12 +81,6 @@ def usable_transitions(data: TransitionData, policy_frames: int, lam: LAMConfig)
     return Transitions(starts + back, policy_frames)
 
 
-def idm_latents(model: LatentActionModel, lam: LAMConfig, data: TransitionData, rows: np.ndarray) -> np.ndarray:
-    """The frozen IDM's latent action z_t (future offset 1) for every row t, computed by the
-    model's family (learner/methods.py: a LAM's IDM, or LAOM's IDM head on its encoder)."""
-    return latent_actions(model, lam, data, rows)
-
-
 def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionData, config: DownstreamConfig,
                     seed: int, label: str = "bc") -> tuple[PixelPolicy, dict]:
     """Stage 2: a fresh pixel policy whose latent policy regresses the IDM's latents."""
@@ -95,7 +89,7 @@ def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionDa
     transitions = usable_transitions(data, config.policy_frames, lam)
     if len(transitions.rows) == 0:
         raise ValueError("no transition has the frames the latent policy and the IDM need")
-    targets = torch.from_numpy(idm_latents(model, lam, data, transitions.rows))
+    targets = torch.from_numpy(latent_actions(model, lam, data, transitions.rows))  # per model family
     actions = torch.from_numpy(data.actions[transitions.rows])
     spec = PixelPolicySpec(image_size=data.frames.shape[1], action_dim=data.action_dim,
                            latent_dim=lam.model.latent_dim, frames=config.policy_frames, scale=config.policy_scale)

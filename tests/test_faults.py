@@ -37,6 +37,7 @@ from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.metrics import Metrics
 from common.replay import EmbeddedRedis, RedisUnavailable, ReplayClient, ReplayConfig
+from common.replay.redis_server import free_loopback_port
 from common.replay.safety import required_maxmemory
 from common.weights import WeightsChannel, encode_policy
 from conftest import synthetic_chunk
@@ -393,12 +394,6 @@ def _calls(text: str, opening: str) -> list[str]:
 
 
 # -- config errors of the real commands --------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _garbage_checkpoint(folder: Path, name: str = "garbage.pth") -> str:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -436,7 +431,7 @@ def test_config_errors_exit_with_one_line_and_no_traceback(case, redis_server, t
     args, expected = CONFIG_ERRORS[case]
     out = tmp_path / "out"
     fills = {"wrong_password": lambda: redis_server.url.replace(redis_server.password, "not-the-password"),
-             "free_port": _free_port, "garbage": lambda: _garbage_checkpoint(tmp_path),
+             "free_port": free_loopback_port, "garbage": lambda: _garbage_checkpoint(tmp_path),
              "garbage_run": lambda: str(Path(_garbage_checkpoint(out, "checkpoint.pt")).parent)}
     args = [a.format(**{name: fill() for name, fill in fills.items() if f"{{{name}}}" in a}) for a in args]
     env = {**os.environ, "MASKLAM_REDIS_URL": redis_server.url if args[0] == "segmenter.main" and case != "no replay"
@@ -465,7 +460,7 @@ def test_an_unprotected_redis_on_the_network_is_refused_unless_allowed(tmp_path)
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    port = _free_port()
+    port = free_loopback_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", address, "--protected-mode", "no",
                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

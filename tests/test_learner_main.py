@@ -10,24 +10,23 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from actors.rollout import ActorConfig, RolloutWorker
 from benchmarks.soak import command_line, process_tree
 from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
+from common.metrics import scrape_metrics
 from common.replay import ReplayClient, ReplayConfig
+from common.replay.redis_server import free_loopback_port
 from common.weights import WeightsChannel, encode_policy
 from learner.loop import read_checkpoint
 
@@ -54,23 +53,6 @@ def test_actor_picks_up_published_weights_between_calls(redis_server, replay_fac
     worker.close()
     assert second.policy_version == 3
     assert replay.stats().inserted_steps == 16  # two full 8-step chunks (HalfCheetah never ends early)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """Every sample on the learner's endpoint as name{labels} -> value (empty if not up yet)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def _actor_pids(root_pid: int, actor_class: str) -> list[int]:
@@ -139,7 +121,7 @@ def _check_replay_whole(replay: ReplayClient) -> dict[int, set[str]]:
 @pytest.mark.faults
 def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_resumes(redis_server, tmp_path,
                                                                                      probe_data):
-    out, port = tmp_path / "run", _free_port()
+    out, port = tmp_path / "run", free_loopback_port()
     common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", f"learner-{port}"]
     scraped: dict[str, float] = {}
     killed: list[int] = []
@@ -147,8 +129,8 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
                   redis_server.url, tmp_path / "first.log") as first:
         deadline = time.monotonic() + 240
         while first.poll() is None and time.monotonic() < deadline:
-            scraped = _scrape(port) or scraped
-            published = scraped.get('masklam_learner_weights_version{}', 0)
+            scraped = scrape_metrics(port) or scraped
+            published = scraped.get('masklam_learner_weights_version', 0)
             if not killed and published >= 1:
                 # Ray restarts both; the learner must count the restarts, and the run go on
                 killed = [*_actor_pids(first.pid, "RolloutWorker")[:1], *_actor_pids(first.pid, "SegmenterService")]
@@ -156,8 +138,8 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
                     os.kill(pid, signal.SIGKILL)
             time.sleep(1.0)
         _finish(first, tmp_path / "first.log", timeout_s=120)
-    assert scraped.get('masklam_learner_updates_total{"phase": "lam"}', 0) > 0, sorted(scraped)[:40]
-    assert scraped.get('masklam_replay_ready_items{}', 0) > 0
+    assert scraped.get('masklam_learner_updates_total|phase=lam', 0) > 0, sorted(scraped)[:40]
+    assert scraped.get('masklam_replay_ready_items', 0) > 0
     assert len(killed) == 2, "no weights were published while the run was scraped"
 
     summary = json.loads((out / "summary.json").read_text())
@@ -166,7 +148,7 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert summary["weights_version"] >= 1 and summary["max_actor_weights_version"] >= 1
     assert summary["chunks_inserted"] > 0 and summary["chunks_sampled"] > 0 and summary["env_steps"] > 0
     assert summary["actor_restarts"] >= 2
-    assert scraped.get('masklam_learner_actor_restarts_total{"role": "rollout"}', 0) >= 1
+    assert scraped.get('masklam_learner_actor_restarts_total|role=rollout', 0) >= 1
 
     # the actor killed mid-run: every chunk is whole, counted once, and its replacement wrote some
     replay = ReplayClient(redis_server.url, ReplayConfig(run_name=f"learner-{port}"))
@@ -197,7 +179,7 @@ def test_a_killed_learner_resumes_from_its_last_checkpoint(redis_server, tmp_pat
     """SIGKILL the learner process once it has checkpointed after publishing weights; started
     again with --resume it continues from that checkpoint: counters, weights version, history,
     optimiser state (its step count goes on), and every chunk of both sessions is whole."""
-    out, log, run_name = tmp_path / "run", tmp_path / "first.log", f"killed-{_free_port()}"
+    out, log, run_name = tmp_path / "run", tmp_path / "first.log", f"killed-{free_loopback_port()}"
     checkpoint = out / "checkpoint.pt"
     common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", run_name, "--metrics-port", "0",
               "--checkpoint-minutes", "0.1"]

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common import metrics as m
 from common.metrics import Metrics, MetricSpec
-from common.replay.redis_server import _free_loopback_port
+from common.replay.redis_server import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -92,7 +92,7 @@ def prometheus(tmp_path_factory):
     jobs["ray"]["file_sd_configs"] = [{"files": [str(discovery)]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
 
-    url = f"http://127.0.0.1:{_free_loopback_port()}"
+    url = f"http://127.0.0.1:{free_loopback_port()}"
     log = (workdir / "prometheus.log").open("w")
     process = subprocess.Popen(
         [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",

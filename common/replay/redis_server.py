@@ -50,7 +50,8 @@ def find_redis_server() -> str:
         "or set REDIS_SERVER=/path/to/redis-server, or pass --redis-url to use a running server.")
 
 
-def _free_loopback_port() -> int:
+def free_loopback_port() -> int:
+    """A loopback TCP port free right now (for servers we start ourselves)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -130,7 +131,7 @@ class EmbeddedRedis:
         if self.data_dir:
             Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.workdir = self.data_dir or tempfile.mkdtemp(prefix="masklam-redis-")
-        self.port = self.port or _free_loopback_port()
+        self.port = self.port or free_loopback_port()
         args = [self.binary, "-"]  # config from stdin keeps the password off the process list
         config = "\n".join([
             f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f'requirepass "{self.password}"',
