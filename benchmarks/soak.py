@@ -27,9 +27,9 @@ from pathlib import Path
 import redis
 
 from common.config import parse_config, save_resolved_config
+from common.processes import command_line, process_tree, rss_bytes
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 ROLES = (("ray::RolloutWorker", "rollout actor"), ("ray::SegmenterService", "segmenter"),
          ("ray::evaluate", "evaluation"), ("ray::", "ray worker"), ("raylet", "ray"), ("gcs_server", "ray"),
          ("ray/", "ray"))
@@ -50,38 +50,6 @@ class SoakConfig:
     run_dir: str = field(default="runs/soak", metadata={"help": "the learner's run folder and log go under here"})
     learner_args: str = field(default="", metadata={
         "help": "more learner.main flags, as one string: --learner-args='--image-size 16'"})
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants (from /proc; gone processes are skipped)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def role(pid: int, learner: int, redis_pid: int) -> str:

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from actors.rollout import ActorConfig, RolloutWorker
-from benchmarks.soak import command_line, process_tree
 from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.metrics import scrape_metrics
+from common.processes import command_line, process_tree
 from common.replay import ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
 from common.weights import WeightsChannel, encode_policy
