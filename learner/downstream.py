@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.evaluate import evaluate
+from common.checkpoint import write_checkpoint
 from common.config import config_to_dict
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
@@ -174,7 +175,7 @@ def run_downstream(model: LatentActionModel, lam: LAMConfig, data: TransitionDat
         print(f"  {label}: budget {budget:>6}: return {budgets[-1]['return']:8.1f} "
               f"(normalised {budgets[-1]['normalized_return']:.3f})", flush=True)
         if budget == config.budgets()[-1]:
-            torch.save(decoded.state_dict(), out / "pixel_policy.pt")
+            write_checkpoint(decoded.state_dict(), out / "pixel_policy.pt")
     result = {"settings": settings, **metrics, "budgets": budgets, "return": budgets[-1]["return"],
               "normalized_return": budgets[-1]["normalized_return"]}
     path.write_text(json.dumps(result, indent=1) + "\n")

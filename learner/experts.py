@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.checkpoint import write_checkpoint
 from common.cli import ConfigError, config_errors, run_main
 from common.config import parse_config, save_resolved_config
 from common.envs.pixels import PixelMujocoEnv, task_view
@@ -132,11 +133,9 @@ def train_expert(config: ExpertConfig) -> dict:
 
 def save_expert(agent: SACAgent, config: ExpertConfig, out: Path, returns: list[float], step: int,
                 env: PixelMujocoEnv) -> None:
-    """Actor weights, config and measured return; written atomically (temp file, then rename)."""
+    """Actor weights (written atomically), config and measured return."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "actor.pt.tmp"
-    torch.save(agent.actor.state_dict(), tmp)
-    tmp.replace(out / "actor.pt")
+    write_checkpoint(agent.actor.state_dict(), out / "actor.pt")
     save_resolved_config(config, out)
     record = {"env_id": config.env_id, "action_repeat": env.action_repeat, "max_episode_steps": env.max_episode_steps,
               "obs_dim": env.state_dim, "action_dim": env.action_dim, "hidden": config.sac.hidden,

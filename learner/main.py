@@ -52,7 +52,7 @@ from learner.downstream import DownstreamConfig
 from learner.fleet import ActorFleet
 from learner.lam.config import METHODS, LAMConfig, lam_config
 from learner.lam.train import ProbeSet, make_probe_set
-from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config
+from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config, online_family
 from learner.rl.sac import SACConfig
 from segmenter.backends import check_backend
 from segmenter.backends.sam import SamConfig
@@ -167,6 +167,7 @@ def check_settings(config: LearnerMainConfig) -> None:
     probe set's collection and the segmenters are minutes of work to fail in."""
     if config.num_actors < 1:
         raise ConfigError("--num-actors must be at least 1", "pass --num-actors 1 or more")
+    online_family(config.method)
     with config_errors("see python -m learner.main --help"):
         check_config(config.env)
         task_view(config.env.env_id)
@@ -253,8 +254,9 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
     stop_signal = StopSignal()
     fleet = ActorFleet(config.num_actors, config.env, config.actor, segmenter_config(config), config.num_segmenters,
                        redis_url, config.replay, config.limiter, config.max_restarts)
-    learner = Learner(lam, policy_spec, config.schedule, config.sac, config.downstream, config.limiter, config.env,
-                      replay, fleet, probe_set, metrics, out, config.actor.seed, device, config_to_dict(config))
+    learner = Learner(online_family(config.method), lam, policy_spec, config.schedule, config.sac, config.downstream,
+                      config.limiter, config.env, replay, fleet, probe_set, metrics, out, config.actor.seed, device,
+                      config_to_dict(config))
     if config.resume:
         learner.load_checkpoint(out / CHECKPOINT)
         c = learner.counters

@@ -8,7 +8,9 @@ Every family provides: its config for a (preset, method) with optimiser override
 trainer with `train_lam`'s signature and metrics.json contract, a checkpoint loader, and
 `latent_actions(model, config, data, rows)`: the frozen model's latent action z_t of
 each row t, which the downstream protocol clones. Both families' method configs expose
-`context_frames`, `future_frames` and `probe_window` with the same meaning.
+`context_frames`, `future_frames` and `probe_window` with the same meaning. The online
+learner (learner/loop.py) builds a family's model, scores its probe, and trains it with
+`online_step`; a family without one cannot run in `learner.main` yet.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ import numpy as np
 from learner.data import TransitionData
 from learner.lam.config import METHODS as LAM_METHODS
 from learner.lam.config import LAMConfig, lam_config
+from learner.lam.train import build_model as build_lam
+from learner.lam.train import encode_probe_set as encode_lam_probe_set
+from learner.lam.train import lam_step
 from learner.lam.train import latent_actions as lam_latent_actions
 from learner.lam.train import load_model as load_lam
 from learner.lam.train import train_lam
 from learner.laom.config import METHODS as LAOM_METHODS
 from learner.laom.config import LAOMConfig, laom_config
+from learner.laom.train import build_model as build_laom
+from learner.laom.train import encode_probe_set as encode_laom_probe_set
 from learner.laom.train import latent_actions as laom_latent_actions
 from learner.laom.train import load_model as load_laom
 from learner.laom.train import train_laom
+from learner.probe import Encoded
 
 
 @dataclass(frozen=True)
@@ -41,11 +49,19 @@ class Family:
     train: Callable[..., dict]  # (config, data, probe_sets, out, seed, eval_every, label=, device=) -> metrics
     load_model: Callable[..., tuple[Any, Any]]  # (out) -> (model in eval mode, config)
     latent_actions: Callable[..., np.ndarray]  # (model, config, data, rows) -> (N, latent_dim)
+    build_model: Callable[..., Any]  # (config, image_size, action_dim) -> model
+    encode_probe_set: Callable[..., Encoded]  # (model, config, probe set) -> latents, predictions, ...
+    # (model, optimizer, config, windows, rng, generator) -> losses: one update on sampled windows
+    online_step: Callable[..., dict] | None
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("lam", tuple(LAM_METHODS), LAMConfig, lam_config, train_lam, load_lam, lam_latent_actions),
-    Family("laom", tuple(LAOM_METHODS), LAOMConfig, laom_config, train_laom, load_laom, laom_latent_actions),
+    Family("lam", tuple(LAM_METHODS), LAMConfig, lam_config, train_lam, load_lam, lam_latent_actions,
+           build_model=build_lam, encode_probe_set=encode_lam_probe_set, online_step=lam_step),
+    # LAOM's update needs a labelled batch and a target-encoder step, and the online policy
+    # learner (learner/online_rl.py) reads a pixel-FDM LAM's latent: not online yet.
+    Family("laom", tuple(LAOM_METHODS), LAOMConfig, laom_config, train_laom, load_laom, laom_latent_actions,
+           build_model=build_laom, encode_probe_set=encode_laom_probe_set, online_step=None),
 )
 METHODS: tuple[str, ...] = tuple(m for f in FAMILIES for m in f.methods)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.checkpoint import read_checkpoint, write_checkpoint
 from common.config import config_to_dict
 from common.progress import Progress
 
@@ -48,18 +49,18 @@ class OfflineRun:
         path = self.out / CHECKPOINT
         if not path.is_file():
             return
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = read_checkpoint(path, device, kind="training checkpoint", required=("config", "seed", "state"),
+                                     fix=f"delete {path} to train this run from the start")
         if checkpoint["config"] == self.config and checkpoint["seed"] == self.seed:
             for name, part in parts.items():
                 part.load_state_dict(checkpoint[name])
             self.state = checkpoint["state"]
 
     def save(self, **extra: Any) -> None:
-        """Checkpoint: the state dicts of `extra`'s modules and optimisers, and plain values."""
+        """Checkpoint (atomically): the state dicts of `extra`'s modules and optimisers, and plain values."""
         payload = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in extra.items()}
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save({"config": self.config, "seed": self.seed, "state": self.state, **payload}, tmp)
-        tmp.replace(self.out / CHECKPOINT)
+        write_checkpoint({"config": self.config, "seed": self.seed, "state": self.state, **payload},
+                         self.out / CHECKPOINT)
 
     @property
     def update(self) -> int:

@@ -530,7 +530,8 @@ def test_a_killed_segmenter_actor_is_restarted_and_its_batch_finished(redis_serv
 CHECKPOINT_WRITER = """
 import sys, torch
 from pathlib import Path
-from learner.loop import CHECKPOINT_KEYS, read_checkpoint, write_checkpoint
+from common.checkpoint import write_checkpoint
+from learner.loop import CHECKPOINT_KEYS, read_checkpoint
 path = Path(sys.argv[1])
 writes = read_checkpoint(path)["counters"]["writes"] if path.exists() else 0
 payload = torch.zeros(int(sys.argv[2]), dtype=torch.uint8)
@@ -556,7 +557,7 @@ def _stop_mid_write(writer: subprocess.Popen, tmp: Path, size: int) -> None:
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
-    """A process that keeps writing checkpoints with the learner's `write_checkpoint` is SIGKILLed
+    """A process that keeps writing checkpoints with `common.checkpoint.write_checkpoint` is SIGKILLed
     while a write is under way (its temporary file partly written), three times, each time
     started again from what it left: the checkpoint is always the last whole one, and the
     partial file is never read in its place (read on purpose, it is refused)."""
