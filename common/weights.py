@@ -96,8 +96,8 @@ class WeightsChannel:
 
     def __init__(self, replay: ReplayClient):
         self.replay = replay
-        self.blob_key = replay.keys.prefix + "weights"
-        self.version_key = replay.keys.prefix + "weights-version"
+        self.blob_key = replay.keys.weights
+        self.version_key = replay.keys.weights_version
         self._delete_if_unchanged = replay.redis.register_script(_DELETE_IF_UNCHANGED)
 
     def publish(self, blob: bytes, version: int) -> None:

@@ -1,26 +1,23 @@
 """The segmenter service: to-segment stream in, masks out, chunks marked ready.
 
-Every instance of a run joins one consumer group on `<run>:to-segment` under its own
-consumer name, so instances share the work. One `step()`:
+Every instance of a run joins the replay's segment queue (`common.replay.segment_queue`)
+as one consumer of one group, so instances share the work. One `step()`:
   1. every `claim_idle_ms / 2`, claims entries that have been pending longer than
-     `claim_idle_ms` (their instance is presumed dead) with XAUTOCLAIM; an entry
-     delivered more than `max_deliveries` times (a chunk that keeps killing its
-     segmenter) is moved aside instead;
-  2. reads new entries with XREADGROUP (blocking at most until the open batch is due)
-     and fetches their blobs. A chunk evicted before segmentation (FIFO capacity) is
-     acknowledged and counted; a malformed entry or blob goes to the dead-letter list;
+     `claim_idle_ms` (their instance is presumed dead); an entry delivered more than
+     `max_deliveries` times (a chunk that keeps killing its segmenter) is moved aside
+     instead;
+  2. reads new entries (blocking at most until the open batch is due) and fetches their
+     blobs. A chunk evicted before segmentation (FIFO capacity) is acknowledged and
+     counted; a malformed entry or blob goes to the dead-letter list;
   3. when the batch holds `batch_frames` frames or its first chunk has waited
      `max_wait_ms`, runs the backend on the whole chunks, applies the imperfection
-     knobs, writes masks with `mark_ready`, then XACKs and XDELs the entries.
+     knobs, writes masks with `ReplayClient.mark_ready`, then acknowledges the entries.
 Delivery is at-least-once: an entry is acknowledged only after its masks are written,
 and `mark_ready` is idempotent, so a chunk redone after a crash or a claim is harmless.
-Every Redis operation waits out outages through the replay client's `OutageGuard`
-(each is safe to repeat: a read whose reply was lost leaves its entries pending on
-this consumer, and they come back through a claim). A malformed chunk (refused by
-the codec, over `max_chunk_bytes`, under a key of the wrong type) is removed from the
-replay and recorded by `ReplayClient.dead_letter`, then acknowledged.
-Acknowledged entries are deleted from the stream, so XLEN is the number of chunks not
-yet finished. A chunk is never marked ready without masks of its own shape.
+Every replay operation waits out Redis outages. A malformed chunk (refused by the
+codec, over `max_chunk_bytes`, under a key of the wrong type) is removed from the
+replay and recorded by `ReplayClient.dead_letter`, then acknowledged. A chunk is never
+marked ready without masks of its own shape.
 
 `SegmenterService` is a plain class (tests drive it directly); `SegmenterActor` is the
 same class as a Ray actor and `start_segmenters` places instances on the cluster:
@@ -41,22 +38,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray
-import redis
 import torch
 
 from common import metrics as m
 from common.codec import Chunk, ChunkDecodeError, decode_chunk
 from common.metrics import Metrics
-from common.replay import ReplayClient, ReplayConfig
-from common.replay.client import SOCKET_TIMEOUT_S
+from common.replay import Entry, ReplayClient, ReplayConfig
 from segmenter.backends import make_backend, resolve_device
 from segmenter.config import SegmenterConfig
 from segmenter.imperfection import Imperfection
 from segmenter.quality import mask_iou
 
 GAUGE_INTERVAL_S = 1.0
-# A blocking read must end well within the socket timeout, or it would look like an outage.
-MAX_BLOCK_MS = int(SOCKET_TIMEOUT_S * 1000 / 2)
 
 
 @dataclass
@@ -110,9 +103,6 @@ class SegmenterService:
         self.config = config
         self.metrics = metrics or Metrics.for_this_process()
         self.replay = ReplayClient(replay_url, replay_config, self.metrics)
-        self.redis = self.replay.redis
-        self.call = self.replay.call
-        self.stream = self.replay.keys.to_segment
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
@@ -123,14 +113,13 @@ class SegmenterService:
         self._batch: list[_Work] = []
         self._batch_opened = 0.0
         self._frames_per_chunk = 33.0
-        self._claim_cursor = "0-0"
         # look for stale entries twice per idle limit (at least every 10 s), so a dead
         # instance's entries are picked up soon after they pass `claim_idle_ms`
         self._claim_every_s = min(max(config.claim_idle_ms / 2000, 0.05), 10.0)
         self._last_claim = self._last_gauges = 0.0
         self._last_read_empty = False
         self._stop = threading.Event()
-        self._ensure_group()
+        self.queue = self.replay.segment_queue(config.group, self.consumer)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, max_seconds: float | None = None, stop_when_idle: bool = False) -> dict:
@@ -166,7 +155,7 @@ class SegmenterService:
 
     def idle(self) -> bool:
         """Nothing in hand, the last read found nothing, and no chunk is left on the stream."""
-        return not self._batch and self._last_read_empty and self.call(self.redis.xlen, self.stream) == 0
+        return not self._batch and self._last_read_empty and self.queue.length() == 0
 
     def summary(self) -> dict:
         return {**self.stats.summary(), **self.backend.report()}
@@ -179,21 +168,11 @@ class SegmenterService:
 
     def close(self) -> None:
         """Leave the group if nothing is pending on this consumer (pending entries must stay claimable)."""
-        pending = self.call(self.redis.xpending_range, self.stream, self.config.group, "-", "+", 1,
-                            consumername=self.consumer)
-        if not pending:
-            self.call(self.redis.xgroup_delconsumer, self.stream, self.config.group, self.consumer)
-        self.redis.close()
+        self.queue.leave()
+        self.replay.close()
 
     # -- reading -----------------------------------------------------------------------------
-    def _ensure_group(self) -> None:
-        try:
-            self.call(self.redis.xgroup_create, self.stream, self.config.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _read(self) -> list[tuple[bytes, dict | None]]:
+    def _read(self) -> list[Entry]:
         wanted_frames = self.config.batch_frames - sum(len(w.chunk.frames) for w in self._batch)
         count = max(1, int(np.ceil(wanted_frames / self._frames_per_chunk)))
         if self._batch:
@@ -202,74 +181,36 @@ class SegmenterService:
                 return []
         else:
             block_ms = self.config.poll_ms
-        try:
-            reply = self.call(self.redis.xreadgroup, self.config.group, self.consumer, {self.stream: ">"},
-                              count=count, block=min(max(1, block_ms), MAX_BLOCK_MS))
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._ensure_group()  # the stream was deleted under us (e.g. the run was cleared)
-            return []
-        return reply[0][1] if reply else []
+        return self.queue.read(count, block_ms)
 
-    def _claim(self) -> list[tuple[bytes, dict | None]]:
+    def _claim(self) -> list[Entry]:
         """Entries pending too long on other instances, now ours; poison entries moved aside."""
-        try:
-            cursor, entries, _deleted = self.call(
-                self.redis.xautoclaim, self.stream, self.config.group, self.consumer,
-                min_idle_time=self.config.claim_idle_ms, start_id=self._claim_cursor,
-                count=max(1, int(self.config.batch_frames / self._frames_per_chunk)))
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._ensure_group()
-            return []
-        self._claim_cursor = cursor
-        if cursor in (b"0-0", "0-0"):
-            self._prune_consumers()
+        entries = self.queue.claim(self.config.claim_idle_ms,
+                                   count=max(1, int(self.config.batch_frames / self._frames_per_chunk)))
         if not entries:
             return []
         self.stats.claimed += len(entries)
         self.metrics.inc(m.SEGMENTER_CLAIMED_ENTRIES, len(entries))
-        self.call(self.redis.hincrby, self.replay.keys.segmenter_stats, "claimed", len(entries))
-        deliveries = [rows[0]["times_delivered"] if rows else 0 for rows in self.call(self._deliveries, entries)]
         kept = []
-        for (entry_id, fields), delivered in zip(entries, deliveries):
-            if delivered > self.config.max_deliveries:
-                self._dead_letter(entry_id, _chunk_id_text(fields),
-                                  f"delivered {delivered} times without being finished: it may crash segmenters")
+        for entry in entries:
+            if entry.deliveries > self.config.max_deliveries:
+                self._dead_letter(entry.entry_id, entry.chunk_id_text, f"delivered {entry.deliveries} times "
+                                  "without being finished: it may crash segmenters")
             else:
-                kept.append((entry_id, fields))
+                kept.append(entry)
         return kept
 
-    def _deliveries(self, entries: list[tuple[bytes, dict | None]]) -> list[list[dict]]:
-        """How often each entry was delivered (one that keeps killing segmenters is moved aside)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for entry_id, _ in entries:
-            pipe.xpending_range(self.stream, self.config.group, entry_id, entry_id, 1)
-        return pipe.execute()
-
-    def _prune_consumers(self) -> None:
-        """Forget consumers of dead instances once they hold nothing (bounded group size)."""
-        for info in self.call(self.redis.xinfo_consumers, self.stream, self.config.group):
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-            if name != self.consumer and info["pending"] == 0 and info["idle"] > 10 * self.config.claim_idle_ms:
-                self.call(self.redis.xgroup_delconsumer, self.stream, self.config.group, name)
-
-    def _admit(self, entries: list[tuple[bytes, dict | None]]) -> None:
+    def _admit(self, entries: list[Entry]) -> None:
         """Fetch and decode the entries' chunks into the batch; evicted and malformed ones are settled."""
         if not entries:
             return
         in_batch = {w.entry_id for w in self._batch}  # our own entries can come back through a claim
-        entries = [(entry_id, fields) for entry_id, fields in entries if entry_id not in in_batch]
-        ids: list[int | None] = []
-        for entry_id, fields in entries:
-            text = _chunk_id_text(fields)
-            ids.append(int(text) if text is not None and text.isdigit() else None)
-        blobs = iter(self.replay.get_chunk_blobs([chunk_id for chunk_id in ids if chunk_id is not None]))
-        for (entry_id, fields), chunk_id in zip(entries, ids):
+        entries = [entry for entry in entries if entry.entry_id not in in_batch]
+        blobs = iter(self.replay.get_chunk_blobs([e.chunk_id for e in entries if e.chunk_id is not None]))
+        for entry in entries:
+            entry_id, chunk_id = entry.entry_id, entry.chunk_id
             if chunk_id is None:
-                self._dead_letter(entry_id, None, f"stream entry has no integer 'id' field: {fields!r:.200}")
+                self._dead_letter(entry_id, None, f"stream entry has no integer 'id' field: {entry.fields!r:.200}")
                 continue
             blob = next(blobs)
             if blob is None:
@@ -322,7 +263,7 @@ class SegmenterService:
             ages.append(time.time() - chunk.created)
             self._score(served, chunk.masks, dropped)
         done = [w.entry_id for w in batch if w.entry_id not in evicted]
-        self._acknowledge(done, {"chunks": len(done), "frames": ready_frames})
+        self.queue.acknowledge(done, {"chunks": len(done), "frames": ready_frames})
         self._settle_evicted(list(evicted))
         elapsed = time.perf_counter() - start
         self.stats.chunks += len(done)
@@ -350,24 +291,10 @@ class SegmenterService:
             self.stats.iou_frames += int(kept.sum())
             self.metrics.observe(m.SEGMENTER_MASK_IOU, float(iou.mean()))
 
-    def _acknowledge(self, entry_ids: list[bytes], counts: dict[str, int]) -> None:
-        """XACK + XDEL the entries and count them in the run-wide hash, atomically (a retry
-        after a lost reply acknowledges nothing twice, but may count twice)."""
-        if entry_ids:
-            self.call(self._acknowledge_once, entry_ids, counts)
-
-    def _acknowledge_once(self, entry_ids: list[bytes], counts: dict[str, int]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.stream, self.config.group, *entry_ids)
-        pipe.xdel(self.stream, *entry_ids)
-        for name, value in counts.items():
-            pipe.hincrby(self.replay.keys.segmenter_stats, name, value)
-        pipe.execute()
-
     def _settle_evicted(self, entry_ids: list[bytes]) -> None:
         """Chunks evicted (FIFO capacity) before their masks were written: nothing to do but count."""
         if entry_ids:
-            self._acknowledge(entry_ids, {"evicted": len(entry_ids)})
+            self.queue.acknowledge(entry_ids, {"evicted": len(entry_ids)})
             self.stats.evicted += len(entry_ids)
             self.metrics.inc(m.SEGMENTER_SKIPPED_CHUNKS, len(entry_ids), reason="evicted")
 
@@ -375,26 +302,15 @@ class SegmenterService:
         """Move an entry aside: remove its chunk, record it in `<run>:dead-letter`, count, acknowledge."""
         self.replay.dead_letter(chunk_id, error, head, entry_id=entry_id.decode(), consumer=self.consumer,
                                 source="segmenter")
-        self._acknowledge([entry_id], {"dead_letter": 1})
+        self.queue.acknowledge([entry_id], {"dead_letter": 1})
         self.stats.dead_letter += 1
         self.metrics.inc(m.SEGMENTER_SKIPPED_CHUNKS, 1, reason="dead_letter")
 
     def _update_gauges(self) -> None:
         self._last_gauges = time.monotonic()
-        queued, pending = self.call(self._queue_figures)
+        queued, pending = self.queue.backlog()
         self.metrics.set(m.SEGMENTER_QUEUE_ENTRIES, queued)
-        self.metrics.set(m.SEGMENTER_PENDING_ENTRIES, pending["pending"])
-
-    def _queue_figures(self) -> list:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(self.stream)
-        pipe.xpending(self.stream, self.config.group)
-        return pipe.execute()
-
-
-def _chunk_id_text(fields: dict | None) -> str | None:
-    raw = (fields or {}).get(b"id")
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else None
+        self.metrics.set(m.SEGMENTER_PENDING_ENTRIES, pending)
 
 
 SegmenterActor = ray.remote(SegmenterService)

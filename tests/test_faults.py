@@ -109,7 +109,7 @@ def test_an_insert_whose_reply_was_lost_is_stored_once(replay_factory):
     """The store script ran, then the connection dropped before its reply: the retry finds
     the chunk's id already stored and stores nothing."""
     replay = replay_factory()
-    store, outcomes = replay._insert, []
+    store, outcomes = replay.scripts.insert, []
 
     def commit_then_drop(**kwargs):
         outcomes.append(store(**kwargs))
@@ -117,7 +117,7 @@ def test_an_insert_whose_reply_was_lost_is_stored_once(replay_factory):
             raise redis.ConnectionError("connection dropped after the script ran")
         return outcomes[-1]
 
-    replay._insert = commit_then_drop
+    replay.scripts.insert = commit_then_drop
     chunk_id = replay.insert(synthetic_chunk(), segment=True)
     assert outcomes == [1, 0]
     stats = replay.stats()

@@ -1,9 +1,14 @@
 """The Redis replay against a real redis-server: storage, FIFO capacity, sampling alignment,
-readiness, rate limiting and the embedded launcher."""
+readiness, the segment queue, rate limiting, the embedded launcher, and the replay as the
+only door to Redis."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +18,8 @@ from common.codec import decode_chunk
 from common.replay import (EmbeddedRedis, RateLimiter, RateLimiterConfig, RateLimiterTimeout, RedisServerNotFound,
                            ReplayClient, ReplayConfig, find_redis_server)
 from conftest import synthetic_chunk
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_insert_round_trips_the_whole_chunk(replay_factory):
@@ -214,3 +221,57 @@ def test_run_prefixes_isolate_runs(redis_server):
     finally:
         a.clear()
         b.clear()
+
+
+def test_newest_ready_gives_the_newest_chunks_with_their_served_masks_oldest_first(replay_factory):
+    replay = replay_factory()
+    ready = [replay.insert(synthetic_chunk(num_steps=8, first_step=10 * i)) for i in range(3)]
+    waiting = synthetic_chunk(num_steps=8, first_step=100)
+    waiting_id = replay.insert(waiting, segment=True)
+    replay.insert(synthetic_chunk(num_steps=8, first_step=200), segment=True)  # never segmented: not ready
+    assert replay.mark_ready(waiting_id, 1 - waiting.masks)
+    chunks = replay.newest_ready(max_steps=12)  # two chunks of 8 steps hold 12
+    assert [c.chunk_id for c in chunks] == [ready[2], waiting_id]
+    np.testing.assert_array_equal(chunks[1].masks, 1 - waiting.masks)  # served, not the ground truth
+    assert [c.chunk_id for c in replay.newest_ready(max_steps=10**6)] == [*ready, waiting_id]
+
+
+def test_segment_queue_shares_claims_and_acknowledges_entries(replay_factory):
+    replay = replay_factory()
+    ids = [replay.insert(synthetic_chunk(first_step=10 * i), segment=True) for i in range(3)]
+    first = replay.segment_queue("segmenter", "first")
+    second = replay.segment_queue("segmenter", "second")  # joining an existing group is harmless
+    taken, own = first.read(count=2, block_ms=10), second.read(count=5, block_ms=10)
+    assert [e.chunk_id for e in taken] == ids[:2] and [e.chunk_id for e in own] == ids[2:]
+    assert second.read(5, 10) == [] and first.backlog() == (3, 3)
+    first.acknowledge([taken[0].entry_id], {"chunks": 1})
+    second.acknowledge([own[0].entry_id], {"chunks": 1})
+    time.sleep(0.05)
+    claimed = second.claim(min_idle_ms=20, count=10)  # `first` is presumed dead
+    assert [(e.chunk_id, e.deliveries) for e in claimed] == [(ids[1], 2)]
+    assert first.backlog() == (1, 1) and first.length() == 1
+    second.acknowledge([claimed[0].entry_id], {"chunks": 1})
+    assert first.backlog() == (0, 0)
+    first.leave()  # holds nothing now: gone from the group
+    assert [c["name"] for c in replay.redis.xinfo_consumers(replay.keys.to_segment, "segmenter")] == [b"second"]
+    assert replay.redis.hgetall(replay.keys.segmenter_stats) == {b"chunks": b"3", b"claimed": b"1"}
+
+
+def test_lua_scripts_ship_as_package_data():
+    """The scripts are files beside the code; an installed package must carry them."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    scripts = sorted((ROOT / "common/replay/lua").glob("*.lua"))
+    assert scripts and all(any(p.match(g) for g in package_data["common.replay"])
+                           for p in (s.relative_to(ROOT / "common/replay") for s in scripts))
+
+
+def test_no_role_outside_the_replay_touches_a_redis_key():
+    """Actors, the segmenter, the learner and the benchmarks go through `ReplayClient` (and its
+    segment queue); only common/replay knows the key layout and talks to Redis for the replay."""
+    offenders = []
+    for role in ("actors", "segmenter", "learner", "benchmarks"):
+        for path in (ROOT / role).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"\.redis\b|\.keys\.|\bReplayKeys\b", line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -72,8 +72,7 @@ def test_stream_of_chunks_becomes_ready_chunks_with_their_masks(redis_server, re
         np.testing.assert_array_equal(masks, truth[int(cid)][start:start + 3])
     assert summary["chunks"] == 12 and summary["frames"] == 12 * 9 and summary["mean_iou"] == 1.0
     assert summary["batches"] >= 3  # 40-frame batches of 9-frame chunks
-    assert replay.redis.xlen(replay.keys.to_segment) == 0  # finished entries are deleted
-    assert replay.redis.xpending(replay.keys.to_segment, "segmenter")["pending"] == 0
+    assert seg.queue.backlog() == (0, 0)  # finished entries are deleted, none left pending
     assert metrics.value(m.SEGMENTER_FRAMES) == 12 * 9
     assert metrics.value(m.SEGMENTER_BATCH_SECONDS) == summary["batches"]
     assert metrics.value(m.SEGMENTER_QUEUE_ENTRIES) == 0
@@ -191,7 +190,7 @@ def test_chunks_evicted_before_segmentation_are_acknowledged_and_counted(redis_s
     summary = service(redis_server, replay).run(max_seconds=30, stop_when_idle=True)
     assert summary["evicted"] == 4 and summary["chunks"] == 3 and summary["dead_letter"] == 0
     assert set(int(i) for i in replay.redis.zrange(replay.keys.ready, 0, -1)) == set(sorted(truth)[-3:])
-    assert replay.redis.xlen(replay.keys.to_segment) == 0
+    assert replay.segment_queue("segmenter", "test").length() == 0
 
 
 @pytest.mark.faults
