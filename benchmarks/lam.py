@@ -1,8 +1,9 @@
 """`python -m benchmarks.lam --out FILE`: LAM training updates/s of each preset on this CPU.
 
-Times full updates (batch assembly, forward, backward, AdamW step) on synthetic windows
-at each preset's batch size and frame size, for LAPO and MaskLAM (the paper preset also
-for masklam-paper, whose IDM sees 6 frames). Prints a table and writes JSON.
+Times the training update itself (`learner.lam.train.lam_step`: batch assembly, the whole
+objective, backward, AdamW step) on synthetic windows at each preset's batch size and frame
+size, for LAPO and MaskLAM (the paper preset also for masklam-paper, whose IDM sees 6
+frames). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import numpy as np
 import torch
 
 from benchmarks.report import write_report
-from common.config import parse_config
-from learner.data import Windows
-from learner.lam.batch import make_batch, reconstruction_loss
+from common.config import parse
+from common.windows import Windows
 from learner.lam.config import lam_config
-from learner.lam.train import build_model
+from learner.lam.train import build_model, lam_step
 
 
 @dataclass
@@ -40,29 +40,21 @@ def measure(preset: str, method: str, image_size: int, seconds: float, device: s
     """Updates/s at the preset's batch size (or `batch_size` when given)."""
     config = lam_config(preset, method, **({"batch_size": batch_size} if batch_size else {}))
     model = build_model(config, image_size, action_dim).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
     b, window = config.optim.batch_size, config.method.window
-    windows = Windows(rng.integers(0, 256, (b, window, image_size, image_size, 3), dtype=np.uint8),
-                      rng.integers(0, 2, (b, window, image_size, image_size), dtype=np.uint8),
-                      rng.uniform(-1, 1, (b, window, action_dim)).astype(np.float32),
-                      rng.normal(size=(b, window, 2)).astype(np.float32))
-    masked = config.method.loss == "masked"
-
-    def update() -> None:
-        offsets = rng.integers(1, config.method.max_future_offset + 1, size=b)
-        batch = make_batch(windows, config.method, config.model, offsets, generator).to(device)
-        prediction, _, _ = model(batch.idm_input, batch.fdm_input)
-        loss = reconstruction_loss(prediction, batch.target, batch.target_mask if masked else None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    update()  # warm-up: first calls allocate
+    steps = np.zeros((b, window - 1), np.float32)
+    windows = Windows(frames=rng.integers(0, 256, (b, window, image_size, image_size, 3), dtype=np.uint8),
+                      masks=rng.integers(0, 2, (b, window, image_size, image_size), dtype=np.uint8),
+                      actions=rng.uniform(-1, 1, (b, window - 1, action_dim)).astype(np.float32), rewards=steps,
+                      terminated=steps.astype(bool), truncated=steps.astype(bool),
+                      bg_velocity=rng.normal(size=(b, window - 1, 2)).astype(np.float32),
+                      chunk_ids=np.zeros(b, np.int64), starts=np.zeros(b, np.int64))
+    lam_step(model, optimizer, config, windows, rng, generator)  # warm-up: first calls allocate
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        update()
+        lam_step(model, optimizer, config, windows, rng, generator)
         count += 1
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -73,7 +65,7 @@ def measure(preset: str, method: str, image_size: int, seconds: float, device: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(LAMBenchConfig, argv)
+    config = parse(LAMBenchConfig, argv, "python -m benchmarks.lam")
     torch.set_num_threads(config.threads)
     rows = []
     for case in config.cases.split(","):

@@ -18,7 +18,10 @@ baselines, learner/laom/), as a table.
    and the resolved config, and print the table.
 
 `--preset` sets the defaults of every other flag (frame size, action repeat, dataset
-sizes, updates); any flag given on the command line overrides its preset default.
+sizes, networks, updates; the table is learner/presets.py); any flag given on the command
+line overrides its preset default. Each family's networks and optimisation are grouped
+(`--lam.optim.updates`, `--laom.model.latent-dim`), and so is each method's own switches
+(`--lam.methods.masklam.mask-channel`): see `--help`.
 """
 
 from __future__ import annotations
@@ -31,28 +34,58 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import tyro
 
-from common.cli import ArgumentParser, config_errors, run_main
-from common.config import add_dataclass_arguments, config_to_dict, dataclass_from_args, save_resolved_config
+from common.cli import config_errors, run_main
+from common.config import config_to_dict, from_dict, parse, save_resolved_config
 from common.envs import EnvConfig, env_spec
 from common.envs.distractors import check_config
 from common.envs.pixels import task_view
 from common.replay import redis_url_or_embedded
-from learner import plots
-from learner.data import DatasetSpec, TransitionData, ensure_dataset, gather_windows, load_dataset
+from learner import plots, presets
+from learner.data import DatasetSpec, TransitionData, ensure_dataset, idm_windows, load_dataset
 from learner.downstream import DownstreamConfig, expert_reference, run_downstream
 from learner.lam.batch import make_batch
-from learner.lam.config import lam_config
-from learner.lam.train import load_model, make_probe_set
-from learner.methods import METHODS, family, method_config
+from learner.lam.config import METHODS as LAM_METHODS
+from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig, lam_config
+from learner.laom.config import METHODS as LAOM_METHODS
+from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, LAOMOptimConfig, laom_config
+from learner.lam.train import load_model
+from learner.methods import METHODS, family
+from learner.probe import make_probe_set
 
 DATA_SEEDS = {"train": 1, "indist": 2, "eval": 3}
 SCALARS = ("probe_nmse", "probe_nmse_indist", "background_nmse", "probe_nmse_online", "train_seconds", "updates_per_s")
 PER_DIM = ("probe_nmse_per_dim", "probe_nmse_per_dim_indist", "probe_nmse_online_per_dim")
+PROG = "python -m learner.compare"
+
+
+@dataclass
+class LAMFamilyConfig:
+    """LAPO and MaskLAM: the networks and optimisation all of them train with, and each one's switches."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    methods: dict[str, MethodConfig] = field(default_factory=lambda: dict(LAM_METHODS))
+
+    def config(self, method: str) -> LAMConfig:
+        return LAMConfig(model=self.model, method=self.methods[method], optim=self.optim)
+
+
+@dataclass
+class LAOMFamilyConfig:
+    """LAOM and its variants: the networks and optimisation all of them train with, and each one's switches."""
+
+    model: LAOMModelConfig = field(default_factory=LAOMModelConfig)
+    optim: LAOMOptimConfig = field(default_factory=LAOMOptimConfig)
+    methods: dict[str, LAOMMethodConfig] = field(default_factory=lambda: dict(LAOM_METHODS))
+
+    def config(self, method: str) -> LAOMConfig:
+        return LAOMConfig(model=self.model, method=self.methods[method], optim=self.optim)
 
 
 @dataclass
@@ -67,8 +100,6 @@ class CompareConfig:
     train_steps: int = field(default=25_000, metadata={"help": "decisions in the training set"})
     heldout_steps: int = field(default=4_000, metadata={"help": "decisions in each held-out set (indist, eval)"})
     probe_samples: int = field(default=4_000, metadata={"help": "held-out windows used by each probe"})
-    updates: int = field(default=4_000, metadata={"help": "LAM updates per method and seed"})
-    batch_size: int = field(default=32, metadata={"help": "LAM batch size"})
     eval_every: int = field(default=500, metadata={"help": "updates between probe evaluations (learning curves)"})
     jobs: int = field(default=1, metadata={"help": "training processes at once"})
     torch_threads: int = field(default=1, metadata={"help": "torch threads per training process"})
@@ -77,32 +108,34 @@ class CompareConfig:
         "help": "who acts in the datasets: the committed expert (needed for returns) or iid uniform random actions"})
     data_action_noise: float = field(default=0.1, metadata={"help": "std of Gaussian noise on the expert's actions"})
     expert_dir: str = field(default="models/experts", metadata={"help": "folder of committed experts"})
-    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
-    device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda)"})
+    device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda; auto = GPU if visible)"})
     redis_url: str | None = field(default=None, metadata={"help": "Redis for collection; default: embedded"})
-    env: EnvConfig = field(default_factory=EnvConfig)
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
+    lam: LAMFamilyConfig = field(default_factory=LAMFamilyConfig)
+    laom: LAOMFamilyConfig = field(default_factory=LAOMFamilyConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
 
-def preset_defaults(preset: str) -> CompareConfig:
-    """`ci`: 32 px frames (rendered at 64, area-downsampled), small nets, minutes per run on a
-    CPU. `paper`: 64 px, the authors' networks and batch, for a GPU."""
-    env = EnvConfig(image_size=32 if preset == "ci" else 64, render_size=64, action_repeat=3, max_episode_steps=250)
-    optim = lam_config(preset, "lapo").optim
-    if preset == "ci":
-        return CompareConfig(preset="ci", env=env, updates=optim.updates, batch_size=optim.batch_size)
-    return CompareConfig(preset="paper", env=env, train_steps=500_000, heldout_steps=20_000, probe_samples=10_000,
-                         updates=optim.updates, batch_size=optim.batch_size, eval_every=2_500, collect_actors=8,
-                         device="cuda" if torch.cuda.is_available() else "cpu")
+def defaults(preset: str) -> CompareConfig:
+    """The preset's row of learner/presets.py, with each family's networks, optimisation and methods."""
+    lam = {m: lam_config(preset, m) for m in LAM_METHODS}
+    laom = {m: laom_config(preset, m) for m in LAOM_METHODS}
+    return from_dict(CompareConfig, {
+        **presets.preset(preset, "learner.compare"), "preset": preset,
+        "lam": LAMFamilyConfig(lam["lapo"].model, lam["lapo"].optim, {m: c.method for m, c in lam.items()}),
+        "laom": LAOMFamilyConfig(laom["laom"].model, laom["laom"].optim, {m: c.method for m, c in laom.items()})})
 
 
 def parse_compare_config(argv: list[str] | None = None) -> CompareConfig:
-    """Parse twice: first --preset, then every flag with that preset's defaults."""
-    first = ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="ci", choices=["ci", "paper"])
-    preset = first.parse_known_args(argv)[0].preset
-    parser = ArgumentParser(description=CompareConfig.__doc__)
-    add_dataclass_arguments(parser, CompareConfig, preset_defaults(preset))
-    return dataclass_from_args(CompareConfig, parser.parse_args(argv))
+    config = parse(CompareConfig, argv, PROG, defaults)
+    if config.device == "auto":
+        config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
+    return config
+
+
+def method_settings(config: CompareConfig, method: str) -> LAMConfig | LAOMConfig:
+    """What `method` trains with: its family's networks and optimisation, and its own switches."""
+    return {"lam": config.lam, "laom": config.laom}[family(method).name].config(method)
 
 
 def dataset_specs(config: CompareConfig) -> dict[str, DatasetSpec]:
@@ -131,7 +164,7 @@ def run_job(job: Job) -> dict:
     torch.set_num_threads(job.config.torch_threads)
     c = job.config
     method_family = family(job.method)  # LAM (LAPO, MaskLAM) or LAOM: same data, probes and downstream protocol
-    lam = method_family.config(c.preset, job.method, updates=c.updates, batch_size=c.batch_size)
+    lam = method_settings(c, job.method)
     train = load_dataset(job.data["train"])
     probe_sets = {name: make_probe_set(load_dataset(job.data[name]), lam.method.probe_window, c.probe_samples, seed=0)
                   for name in ("eval", "indist")}
@@ -191,7 +224,7 @@ def prediction_grid(methods: list[str], run_dirs: dict[str, Path], eval_data: Tr
     generator = torch.Generator().manual_seed(0)
     predictions, target, mask, context = {}, None, None, None
     for name, (model, cfg) in models.items():
-        windows = gather_windows(eval_data, targets - cfg.method.context_frames, cfg.method.probe_window)
+        windows = idm_windows(eval_data, targets - 1, cfg.method)  # the transition into each target frame
         batch = make_batch(windows, cfg.method, cfg.model, np.ones(len(targets), np.int64), generator)
         with torch.no_grad():
             prediction, _, _ = model(batch.idm_input, batch.fdm_input)
@@ -230,7 +263,7 @@ def run_comparison(config: CompareConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
     for method in methods:
-        method_config(config.preset, method)  # fail fast on an unknown name
+        family(method)  # fail fast on an unknown name
     start = time.perf_counter()
     specs = dataset_specs(config)
     # Collection (which renders, and may start Ray) and every training run each get a fresh
@@ -255,8 +288,7 @@ def run_comparison(config: CompareConfig) -> dict:
     resolved = {**config_to_dict(config), "env_spec": env_spec(config.env),
                 "eval_env_spec": env_spec(specs["eval"].env), "datasets": data,
                 "collect_seconds": collect_seconds, "expert_reference": expert,
-                "lam": {m: config_to_dict(method_config(config.preset, m, updates=config.updates,
-                                                        batch_size=config.batch_size)) for m in methods}}
+                "lam": {m: config_to_dict(method_settings(config, m)) for m in methods}}
     results_json = {"methods": summary, "config": resolved}
     (out / "results.json").write_text(json.dumps(results_json, indent=2) + "\n")
     save_resolved_config(config, out, extra={"env_spec": resolved["env_spec"]})
@@ -277,11 +309,11 @@ def run_comparison(config: CompareConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_compare_config(argv)
-    with config_errors("see python -m learner.compare --help"):
+    with config_errors(f"see {PROG} --help"):
         check_config(config.env)
         task_view(config.env.env_id)
         for method in config.methods.split(","):
-            method_config(config.preset, method.strip())
+            family(method.strip())
     run_comparison(config)
     return 0
 

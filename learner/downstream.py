@@ -27,13 +27,13 @@ from common.config import config_to_dict
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
 from common.progress import Progress
-from common.weights import encode_policy
 from learner.data import TransitionData
-from learner.lam.config import LAMConfig
+from learner.lam.config import LAMConfig, MethodConfig
 from learner.lam.model import LatentActionModel
 from learner.lam.train import cosine_schedule
 from learner.methods import latent_actions
 from learner.probe import nmse
+from learner.publish import encode_policy
 
 ENCODE_BATCH = 256
 RESULTS = "downstream.json"
@@ -60,7 +60,7 @@ class DownstreamConfig:
     def budgets(self) -> list[int]:
         values = [int(b) for b in self.label_budgets.split(",") if b.strip()]
         if not values or min(values) <= 0:
-            raise ValueError(f"--label-budgets must list positive transition counts, got {self.label_budgets!r}")
+            raise ValueError(f"--downstream.label-budgets must list positive transition counts, got {self.label_budgets!r}")
         return values
 
 
@@ -76,10 +76,16 @@ class Transitions:
         return frames_to_input(data.frames[rows])
 
 
+def transition_window(policy_frames: int, method: MethodConfig) -> tuple[int, int]:
+    """(position of row t, frames) of the shortest window around a transition t that holds the
+    policy's frame stacks at t and t+1 and the IDM's window for t (frames t-c+1 .. t+f)."""
+    back = max(policy_frames, method.context_frames) - 1
+    return back, back + 1 + method.future_frames
+
+
 def usable_transitions(data: TransitionData, policy_frames: int, lam: LAMConfig) -> Transitions:
-    back = max(policy_frames, lam.method.context_frames) - 1
-    starts = data.window_starts(back + 1 + lam.method.future_frames)
-    return Transitions(starts + back, policy_frames)
+    back, window = transition_window(policy_frames, lam.method)
+    return Transitions(data.window_starts(window) + back, policy_frames)
 
 
 def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionData, config: DownstreamConfig,
@@ -106,7 +112,7 @@ def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionDa
         bc_loss = F.mse_loss(z, targets[index])
         probe_loss = F.mse_loss(latent_policy.probe(z.detach()), actions[index])
         optimizer.zero_grad(set_to_none=True)
-        (bc_loss + 0.01 * probe_loss).backward()
+        (bc_loss + lam.optim.probe_coef * probe_loss).backward()
         optimizer.step()
         scheduler.step()
         recent.append((bc_loss.item(), probe_loss.item()))

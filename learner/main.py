@@ -7,7 +7,7 @@
    motion is independent of the action (rho = 0), collected once per settings under
    --data-dir (the same set `learner.compare` scores its headline probe on).
 3. `--num-actors` rollout actors acting with the published pixel policy (their
-   --initial-policy until the first weights), and `--num-segmenters` mask services;
+   --actor.initial-policy until the first weights), and `--num-segmenters` mask services;
    actors send every chunk to the segmenter, so only masked chunks become ready.
 4. The learner (learner/loop.py) until `--max-minutes` (this session) or
    `--total-env-steps` (the whole run), or Ctrl-C; then a last probe and evaluation.
@@ -16,7 +16,10 @@
    127.0.0.1:--metrics-port for Prometheus.
 
 `--preset` sets the defaults of every other flag: `ci` (32 px frames, small networks and
-batches, for two CPU cores) or `paper` (64 px, the authors' networks, for a GPU node).
+batches, for two CPU cores) or `paper` (64 px, the authors' networks, for a GPU node); the
+table is learner/presets.py. `--method` sets the defaults of the LAM's switches
+(`--lam.method.*`). Flags are grouped by component (`--sac.lr`, `--lam.optim.batch-size`,
+`--replay.capacity-chunks`, `--segmenter.imperfection.mask-radius`): see `--help`.
 A fresh run (without --resume) clears its run's keys in Redis first.
 """
 
@@ -31,15 +34,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import ray
 import torch
+import tyro
 
 from actors.rollout import ActorConfig
-from common.cli import ArgumentParser, ConfigError, config_errors, run_main
+from common.cli import ConfigError, config_errors, run_main
 from common.cluster import init_ray
-from common.config import add_dataclass_arguments, config_to_dict, dataclass_from_args, save_resolved_config
+from common.config import config_to_dict, from_dict, parse, save_resolved_config
 from common.envs import EnvConfig, env_spec
 from common.envs.distractors import check_config
 from common.envs.pixels import task_view
@@ -49,22 +53,23 @@ from common.progress import Progress
 from common.replay import RateLimiterConfig, ReplayClient, ReplayConfig, redis_url_or_embedded
 from learner.data import DatasetSpec, ensure_dataset, load_dataset
 from learner.downstream import DownstreamConfig
+from learner import presets
 from learner.fleet import ActorFleet
 from learner.lam.config import METHODS, LAMConfig, lam_config
-from learner.lam.train import ProbeSet, make_probe_set
 from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config, online_family
+from learner.probe import ProbeSet, make_probe_set
 from learner.rl.sac import SACConfig
 from segmenter.backends import check_backend
-from segmenter.backends.sam import SamConfig
-from segmenter.backends.student import StudentConfig
 from segmenter.config import SegmenterConfig
-from segmenter.imperfection import ImperfectionConfig
 
 log = logging.getLogger("masklam.learner")
 PROBE_DATA_SEED = 3  # learner.compare's seed for its eval set: equal settings share the dataset
-# Settings a checkpoint's networks depend on: --resume refuses to change them.
-FIXED_ON_RESUME = (("preset",), ("method",), ("env", "env_id"), ("env", "image_size"),
-                   ("downstream", "policy_frames"), ("downstream", "policy_scale"), ("sac", "hidden"))
+# Settings a checkpoint's networks depend on, and their flags: --resume refuses to change them.
+FIXED_ON_RESUME = {("preset",): "--preset", ("method",): "--method", ("env", "env_id"): "--env",
+                   ("env", "image_size"): "--image-size", ("lam", "model"): "--lam.model.*",
+                   ("lam", "method"): "--lam.method.*", ("downstream", "policy_frames"): "--downstream.policy-frames",
+                   ("downstream", "policy_scale"): "--downstream.policy-scale", ("sac", "hidden"): "--sac.hidden"}
+PROG = "python -m learner.main"
 
 
 RUNS = "runs/learner"
@@ -75,11 +80,10 @@ class LearnerMainConfig:
     """The distributed actor-learner run: rollout actors, segmenter, Redis replay and the learner."""
 
     num_actors: int = field(default=4, metadata={"help": "rollout actors (one CPU each)"})
-    preset: Literal["ci", "paper"] = field(default="ci", metadata={"help": "defaults of every other flag"})
+    preset: Literal["ci", "paper"] = field(default="ci", metadata={
+        "help": "defaults of every other flag (learner/presets.py)"})
     method: Literal["lapo", "masklam", "masklam-paper"] = field(default="masklam", metadata={
-        "help": f"LAM objective and switches, from {', '.join(METHODS)}"})
-    segmenter: Literal["oracle", "sam", "student"] = field(default="oracle", metadata={
-        "help": "mask backend of the segmenter service"})
+        "help": f"defaults of the LAM's objective and switches (--lam.method.*), from {', '.join(METHODS)}"})
     num_segmenters: int = field(default=1, metadata={"help": "segmenter instances"})
     redis_url: str | None = field(default=None, metadata={
         "help": "Redis URL with credentials; default: $MASKLAM_REDIS_URL or a private embedded server"})
@@ -99,48 +103,25 @@ class LearnerMainConfig:
     probe_steps: int = field(default=2_000, metadata={"help": "decisions in the held-out probe set"})
     probe_samples: int = field(default=2_000, metadata={"help": "held-out windows the probe uses"})
     max_restarts: int = field(default=3, metadata={"help": "Ray restarts of a crashed rollout actor"})
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
+    lam: LAMConfig = field(default_factory=LAMConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     limiter: RateLimiterConfig = field(default_factory=RateLimiterConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
-    imperfection: ImperfectionConfig = field(default_factory=ImperfectionConfig)
-    sam: SamConfig = field(default_factory=SamConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
 
 
-def preset_defaults(preset: str) -> LearnerMainConfig:
-    """`ci`: 32 px frames rendered at 64, the small LAM, batches of 32/64, a short bootstrap.
-    `paper`: 64 px, the authors' LAM and batch, the 128k-transition label budget."""
-    actor = ActorConfig(policy="latent", segment=True, action_noise=0.2)
-    if preset == "ci":
-        return LearnerMainConfig(
-            preset="ci", total_env_steps=100_000, torch_threads=1, actor=actor,
-            env=EnvConfig(image_size=32, render_size=64, action_repeat=3, max_episode_steps=250),
-            replay=ReplayConfig(run_name="masklam-learner", capacity_chunks=4_000, capacity_bytes=2**30),
-            limiter=RateLimiterConfig(samples_per_insert=4.0, min_ready_steps=1_000, error_buffer=10_000.0),
-            sac=SACConfig(batch_size=64),
-            downstream=DownstreamConfig(bc_updates=500, decoder_updates=500, label_budgets="4000", eval_episodes=4),
-            schedule=ScheduleConfig(bootstrap_after=1_000, bootstrap_steps=8_000, probe_every=500, eval_every=1_000))
-    return LearnerMainConfig(
-        preset="paper", total_env_steps=5_000_000, actor=actor,
-        env=EnvConfig(image_size=64, render_size=64, action_repeat=3, max_episode_steps=1000),
-        replay=ReplayConfig(run_name="masklam-learner"),
-        downstream=DownstreamConfig(label_budgets="128000", eval_episodes=8, eval_workers=4),
-        schedule=ScheduleConfig(bootstrap_after=10_000, bootstrap_steps=200_000, probe_every=2_500,
-                                eval_every=5_000, publish_every=100, checkpoint_minutes=10.0))
+def defaults(preset: str, method: str) -> LearnerMainConfig:
+    """The preset's row of learner/presets.py, with the LAM of that preset and method."""
+    return from_dict(LearnerMainConfig, {**presets.preset(preset, "learner.main"), "preset": preset,
+                                         "method": method, "lam": lam_config(preset, method)})
 
 
 def parse_learner_config(argv: list[str] | None = None) -> LearnerMainConfig:
-    """Parse twice: first --preset, then every flag with that preset's defaults."""
-    first = ArgumentParser(prog="python -m learner.main", add_help=False)
-    first.add_argument("--preset", default="ci", choices=["ci", "paper"])
-    preset = first.parse_known_args(argv)[0].preset
-    parser = ArgumentParser(prog="python -m learner.main", description=LearnerMainConfig.__doc__)
-    add_dataclass_arguments(parser, LearnerMainConfig, preset_defaults(preset))
-    return dataclass_from_args(LearnerMainConfig, parser.parse_args(argv))
+    return parse(LearnerMainConfig, argv, PROG, defaults, choose_by=("preset", "method"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,10 +149,10 @@ def check_settings(config: LearnerMainConfig) -> None:
     if config.num_actors < 1:
         raise ConfigError("--num-actors must be at least 1", "pass --num-actors 1 or more")
     online_family(config.method)
-    with config_errors("see python -m learner.main --help"):
+    with config_errors(f"see {PROG} --help"):
         check_config(config.env)
         task_view(config.env.env_id)
-    check_backend(segmenter_config(config))
+    check_backend(config.segmenter)
 
 
 def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
@@ -183,12 +164,11 @@ def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
     if not checkpoint.is_file():
         raise ConfigError(f"--resume: there is no {checkpoint}", "run once without --resume, or fix --out")
     saved, current = checkpoint_config(checkpoint), config_to_dict(config)
-    for path in FIXED_ON_RESUME:
+    for path, flag in FIXED_ON_RESUME.items():
         before, now = saved, current
         for key in path:
             before, now = before[key], now[key]
         if before != now:
-            flag = "--" + path[-1].replace("_", "-")
             raise ConfigError(f"{checkpoint} was trained with {flag} {before}, not {now}",
                               f"resume with {flag} {before}, or start a new run in another --out")
 
@@ -200,11 +180,6 @@ def held_out_probe_set(config: LearnerMainConfig, lam: LAMConfig, redis_url: str
                        chunk_length=config.actor.chunk_length)
     data = load_dataset(ensure_dataset(spec, config.data_dir, redis_url))
     return make_probe_set(data, lam.method.probe_window, config.probe_samples, config.actor.seed)
-
-
-def segmenter_config(config: LearnerMainConfig) -> SegmenterConfig:
-    return SegmenterConfig(backend=config.segmenter, torch_threads=1, seed=config.actor.seed,
-                           imperfection=config.imperfection, sam=config.sam, student=config.student)
 
 
 def serve_metrics(metrics: Metrics, port: int):
@@ -242,7 +217,7 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     spec = env_spec(config.env)
-    lam = lam_config(config.preset, config.method)
+    lam = config.lam
     policy_spec = PixelPolicySpec(image_size=config.env.image_size, action_dim=spec["action_dim"],
                                   latent_dim=lam.model.latent_dim, frames=config.downstream.policy_frames,
                                   scale=config.downstream.policy_scale)
@@ -252,7 +227,7 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
     # a logical CPU for each actor, segmenter, the learner and the evaluation task (and its workers)
     init_ray(config.ray_address, config.num_actors + config.num_segmenters + 2 + config.downstream.eval_workers)
     stop_signal = StopSignal()
-    fleet = ActorFleet(config.num_actors, config.env, config.actor, segmenter_config(config), config.num_segmenters,
+    fleet = ActorFleet(config.num_actors, config.env, config.actor, config.segmenter, config.num_segmenters,
                        redis_url, config.replay, config.limiter, config.max_restarts)
     learner = Learner(online_family(config.method), lam, policy_spec, config.schedule, config.sac, config.downstream,
                       config.limiter, config.env, replay, fleet, probe_set, metrics, out, config.actor.seed, device,
@@ -281,7 +256,7 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
             server.shutdown()
             server.server_close()
         ray.shutdown()
-    return {"env": spec, "preset": config.preset, "method": config.method, "segmenter": config.segmenter,
+    return {"env": spec, "preset": config.preset, "method": config.method, "segmenter": config.segmenter.backend,
             "num_actors": config.num_actors, "device": str(device), "resumed": config.resume,
             **learner.summary(), "segmenters": segmenters}
 

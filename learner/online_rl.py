@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
-from common.replay import TransitionWindows
-from learner.data import TransitionData, Windows
-from learner.downstream import DownstreamConfig, train_decoder, train_latent_bc, usable_transitions
-from learner.lam.batch import make_batch
+from common.windows import Windows
+from learner.data import TransitionData, idm_windows
+from learner.downstream import (DownstreamConfig, train_decoder, train_latent_bc, transition_window,
+                                usable_transitions)
 from learner.lam.config import LAMConfig
 from learner.lam.model import LatentActionModel
+from learner.lam.train import encode_windows
 from learner.rl.sac import SACAgent, SACConfig
 
 
@@ -43,37 +44,25 @@ class LatentPolicyRL:
         self.policy = PixelPolicy(spec).to(device)
         self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder).to(device)
         self.bc_optimizer = torch.optim.AdamW(self.policy.latent_policy.parameters(), lr=downstream.bc_lr)
-        method = lam.method
-        # Row t of a window sits at `back`: the policy's stacks at t and t+1 and the IDM's
-        # frames t-c+1 .. t+f all fit (the same rows `usable_transitions` picks offline).
-        self.back = max(spec.frames, method.context_frames) - 1
-        self.window = self.back + 1 + method.future_frames
+        # Row t of a sampled window sits at `back` (the same rows `usable_transitions` picks offline).
+        self.back, self.window = transition_window(spec.frames, lam.method)
 
     def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int) -> dict:
-        """Latent BC and the decoder from labelled actions (on the CPU); returns their metrics."""
-        device = next(lam_model.parameters()).device
-        lam_model.cpu()
-        try:
-            policy, metrics = train_latent_bc(lam_model, self.lam, data, self.downstream, seed, label="latent bc")
-            budget = self.downstream.budgets()[-1]
-            transitions = usable_transitions(data, self.spec.frames, self.lam)
-            metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed)
-        finally:
-            lam_model.to(device)
+        """Latent BC and the decoder from labelled actions; returns their metrics. The IDM's
+        targets are computed where the LAM lives; the pixel policy is trained as offline."""
+        policy, metrics = train_latent_bc(lam_model, self.lam, data, self.downstream, seed, label="latent bc")
+        budget = self.downstream.budgets()[-1]
+        transitions = usable_transitions(data, self.spec.frames, self.lam)
+        metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed)
         self.policy.load_state_dict(policy.state_dict())
         metrics.pop("bc_curve")
         return metrics
 
-    def update(self, windows: TransitionWindows, lam_model: LatentActionModel,
+    def update(self, windows: Windows, lam_model: LatentActionModel,
                generator: torch.Generator) -> dict[str, float]:
         """One latent-BC step and one SAC step on a batch of `self.window`-frame windows."""
-        b, frames, method = self.back, self.spec.frames, self.lam.method
-        c, f = method.context_frames, method.future_frames
-        idm_window = Windows(windows.frames[:, b - c + 1:b + f + 1], windows.masks[:, b - c + 1:b + f + 1],
-                             windows.actions[:, b - c + 1:b + f], windows.bg_velocity[:, b - c + 1:b + f])
-        with torch.no_grad():
-            batch = make_batch(idm_window, method, self.lam.model, np.ones(len(windows.frames), np.int64), generator)
-            target = lam_model.encode(batch.idm_input.to(self.device))[0]
+        b, frames = self.back, self.spec.frames
+        target = encode_windows(lam_model, self.lam, idm_windows(windows, b, self.lam.method), generator)[0]
         latent_policy = self.policy.latent_policy
         now = frames_to_input(windows.frames[:, b - frames + 1:b + 1]).to(self.device)
         bc_loss = F.mse_loss(latent_policy(now), target)

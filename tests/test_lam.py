@@ -1,5 +1,5 @@
 """LAM models, batches and losses: the masked loss's defining properties, shapes of every
-variant, and that a small model can fit one batch."""
+variant, that a small model can fit one batch, and that seeded training keeps its numbers."""
 
 from __future__ import annotations
 
@@ -11,22 +11,31 @@ import torch
 import torch._dynamo  # noqa: F401  (loads triton at collection, before any test renders: loading it
 # after MuJoCo's EGL context crashed pytest once, when AdamW first imported it)
 
-from learner.data import TransitionData, Windows
 from common.masks import morph_mask
-from learner.lam.batch import input_channels, make_batch, occlude_mask, reconstruction_loss
+from common.windows import Windows
+from conftest import transition_data_of, windows_of
+from learner.data import TransitionData
+from learner.lam.batch import input_channels, make_batch, occlude_mask
 from learner.lam.config import METHODS, LAMConfig, MethodConfig, ModelConfig, OptimConfig, lam_config
-from learner.lam.train import build_model, load_model, make_probe_set, train_lam
+from learner.lam.objective import reconstruction_loss
+from learner.lam.train import build_model, lam_step, load_model, train_lam
+from learner.probe import make_probe_set
 
 SIZE, ACTIONS = 16, 6
 
 
-def random_windows(batch: int, window: int, seed: int = 0) -> Windows:
+def random_frames(batch: int, window: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """(frames, masks, actions, background velocities), one row per frame."""
     rng = np.random.default_rng(seed)
     masks = np.zeros((batch, window, SIZE, SIZE), np.uint8)
     masks[:, :, 4:10, 5:12] = 1  # the "agent": a block, so morphology has edges to act on
-    return Windows(rng.integers(0, 256, (batch, window, SIZE, SIZE, 3), dtype=np.uint8), masks,
-                   rng.uniform(-1, 1, (batch, window, ACTIONS)).astype(np.float32),
-                   rng.normal(size=(batch, window, 2)).astype(np.float32))
+    return (rng.integers(0, 256, (batch, window, SIZE, SIZE, 3), dtype=np.uint8), masks,
+            rng.uniform(-1, 1, (batch, window, ACTIONS)).astype(np.float32),
+            rng.normal(size=(batch, window, 2)).astype(np.float32))
+
+
+def random_windows(batch: int, window: int, seed: int = 0) -> Windows:
+    return windows_of(*random_frames(batch, window, seed))
 
 
 def test_masked_loss_equals_plain_loss_with_all_ones_mask():
@@ -119,25 +128,42 @@ def test_tiny_model_overfits_one_batch():
     model = build_model(config, SIZE, ACTIONS)
     windows = random_windows(8, config.method.window)
     windows.frames[:, 1] = np.roll(windows.frames[:, 0], 1, axis=2)  # the next frame: this one moved right
-    batch = make_batch(windows, config.method, config.model, np.ones(8, np.int64), torch.Generator())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    losses = []
-    for _ in range(150):
-        prediction, _, _ = model(batch.idm_input, batch.fdm_input)
-        loss = reconstruction_loss(prediction, batch.target, batch.target_mask)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    rng, generator = np.random.default_rng(0), torch.Generator()
+    losses = [lam_step(model, optimizer, config, windows, rng, generator)["reconstruction"].item() for _ in range(150)]
     assert losses[-1] < 0.1 * losses[0]
 
 
-def test_training_checkpoints_and_resumes(tmp_path):
+def tiny_dataset() -> TransitionData:
     n = 4 * 17  # four chunks of 17 frames, two episodes
-    windows = random_windows(1, n)
-    data = TransitionData(windows.frames[0], windows.masks[0], windows.actions[0], windows.bg_velocity[0],
-                          chunk_start=np.arange(0, n, 17), chunk_length=np.full(4, 17),
-                          chunk_episode=np.array([0, 0, 1, 1]))
+    return transition_data_of(*(array[0] for array in random_frames(1, n)), chunk_length=np.full(4, 17),
+                              chunk_episode=np.array([0, 0, 1, 1]))
+
+
+# Losses (means over 3 updates) of the seeded runs below, recorded before the offline trainer,
+# the online learner and the benchmark shared one update step: the objective must not drift.
+PINNED_LOSSES = {
+    ("masked", "none"): [{"loss": 0.314463, "reconstruction": 0.308209, "vq": 0.0, "probe": 0.625407},
+                         {"loss": 0.278875, "reconstruction": 0.274243, "vq": 0.0, "probe": 0.463246}],
+    ("mse", "vq"): [{"loss": 0.278618, "reconstruction": 0.26086, "vq": 0.132872, "probe": 0.447105},
+                    {"loss": 0.264977, "reconstruction": 0.25447, "vq": 0.063202, "probe": 0.418684}],
+}
+
+
+@pytest.mark.parametrize("loss, quantizer", list(PINNED_LOSSES))
+def test_seeded_training_losses_are_unchanged(tmp_path, loss, quantizer):
+    data = tiny_dataset()
+    config = LAMConfig(ModelConfig(num_blocks=1, latent_dim=8, quantizer=quantizer, vq_groups=2, vq_codes=16),
+                       MethodConfig(loss=loss, max_future_offset=2), OptimConfig(batch_size=4, updates=6))
+    metrics = train_lam(config, data, {"eval": make_probe_set(data, 2, 40, seed=0)}, tmp_path, seed=1,
+                        eval_every=100, log_every=3)
+    curve = [{k: v for k, v in logged.items() if k != "update"} for logged in metrics["loss_curve"]]
+    assert curve == [{k: pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in logged.items()}
+                     for logged in PINNED_LOSSES[loss, quantizer]]
+
+
+def test_training_checkpoints_and_resumes(tmp_path):
+    data = tiny_dataset()
     config = LAMConfig(ModelConfig(num_blocks=1, latent_dim=8), MethodConfig(loss="masked"),
                        OptimConfig(batch_size=4, updates=4))
     probes = {"eval": make_probe_set(data, 2, 40, seed=0), "indist": make_probe_set(data, 2, 40, seed=1)}

@@ -13,11 +13,12 @@ import torch
 
 from common.codec import Chunk, encode_chunk
 from common.dataset import DatasetWriter
+from conftest import transition_data_of
 from learner import compare
 from learner.compare import CompareConfig, Job, run_job
 from learner.data import TransitionData, gather_windows
 from learner.downstream import DownstreamConfig, train_latent_bc
-from learner.lam.train import cosine_schedule, make_probe_set
+from learner.lam.train import cosine_schedule
 from learner.laom import train as laom_train
 from learner.laom.augment import augment, shift_matrices, warp
 from learner.laom.batch import labelled_starts, make_batch
@@ -25,6 +26,7 @@ from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, L
 from learner.laom.train import (apply_update, build_model, feature_loss, laom_losses, load_model,
                                 target_and_weights, train_laom)
 from learner.methods import METHODS, family, latent_actions
+from learner.probe import make_probe_set
 
 SIZE, ACTIONS, CHUNK = 16, 3, 20  # frames per chunk: CHUNK + 1
 
@@ -41,11 +43,10 @@ def random_data(chunks: int = 6, seed: int = 0) -> TransitionData:
     n = chunks * (CHUNK + 1)
     masks = np.zeros((n, SIZE, SIZE), np.uint8)
     masks[:, 4:12, 5:11] = 1
-    return TransitionData(rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), masks,
-                          rng.uniform(-1, 1, (n, ACTIONS)).astype(np.float32),
-                          rng.normal(size=(n, 2)).astype(np.float32),
-                          chunk_start=np.arange(0, n, CHUNK + 1), chunk_length=np.full(chunks, CHUNK + 1),
-                          chunk_episode=np.arange(chunks))
+    return transition_data_of(rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), masks,
+                              rng.uniform(-1, 1, (n, ACTIONS)).astype(np.float32),
+                              rng.normal(size=(n, 2)).astype(np.float32),
+                              chunk_length=np.full(chunks, CHUNK + 1), chunk_episode=np.arange(chunks))
 
 
 def one_batch(config: LAOMConfig, data: TransitionData, size: int = 4, seed: int = 0):

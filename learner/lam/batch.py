@@ -90,14 +90,3 @@ def make_batch(windows: Windows, method: MethodConfig, model: ModelConfig, offse
         bg_velocity=torch.from_numpy(windows.bg_velocity[:, c - 1]),
     )
 
-
-def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Squared error summed over RGB, averaged over pixels: over all of them (LAPO, mask None),
-    or over the agent's only (MaskLAM): sum M (o_hat - o)^2 / sum M, over the whole batch.
-
-    With an all-ones mask the two are equal, so both methods train on one loss scale.
-    """
-    squared = (prediction - target).pow(2).sum(dim=1)  # (B, H, W)
-    if mask is None:
-        return squared.mean()
-    return (squared * mask).sum() / mask.sum().clamp_min(1.0)

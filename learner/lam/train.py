@@ -3,131 +3,31 @@
 `train_lam` runs AdamW with a cosine schedule to 0, logs losses, evaluates the offline
 probes every `eval_every` updates (the learning curves), checkpoints the model with its
 config, and resumes from the checkpoint if one is there. Evaluation time is not counted
-in `train_seconds`.
+in `train_seconds`. Its update, `lam_step`, is also the online learner's and the one
+benchmarks.lam times; the loss it minimises is in learner/lam/objective.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from learner.data import TransitionData, Windows, gather_windows, sample_windows
-from learner.lam.batch import LAMBatch, input_channels, make_batch, reconstruction_loss
+from common.windows import Windows
+from learner.data import TransitionData, idm_windows, sample_windows
+from learner.lam.batch import LAMBatch, input_channels, make_batch
 from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig
 from learner.lam.model import LatentActionModel
+from learner.lam.objective import lam_losses
 from learner.offline_run import CHECKPOINT, OfflineRun
-from learner.probe import nmse, ridge_probe
-
-ENCODE_BATCH = 256
-
-
-@dataclass
-class ProbeSet:
-    """Held-out windows (k = 1) and which of them fit the probe (the rest score it)."""
-
-    windows: Windows
-    fit: np.ndarray  # bool (N,)
-
-
-def make_probe_set(data: TransitionData, window: int, max_samples: int, seed: int) -> ProbeSet:
-    """Up to `max_samples` windows; fit/score split by whole episodes (by chunk if under 4 episodes)."""
-    starts = data.window_starts(window)
-    if len(starts) > max_samples:
-        starts = np.sort(np.random.default_rng(seed).choice(starts, max_samples, replace=False))
-    chunk = np.searchsorted(data.chunk_start, starts, side="right") - 1
-    unit = data.chunk_episode[chunk] if len(np.unique(data.chunk_episode)) >= 4 else chunk
-    return ProbeSet(gather_windows(data, starts, window), fit=unit % 2 == 0)
+from learner.probe import ENCODE_BATCH, Encoded, ProbeSet, encode_in_batches, evaluate_probes
 
 
 def build_model(config: LAMConfig, image_size: int, action_dim: int) -> LatentActionModel:
     idm_channels, fdm_channels = input_channels(config.method, config.model)
     return LatentActionModel(config.model, idm_channels, fdm_channels, image_size, action_dim)
-
-
-@torch.no_grad()
-def encode_probe_set(model: LatentActionModel, config: LAMConfig, probe_set: ProbeSet
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(latents, online-probe predictions, actions, background velocities) of every window."""
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
-
-    def encode(part: Windows) -> tuple[torch.Tensor, LAMBatch]:
-        batch = make_batch(part, config.method, config.model, np.ones(len(part.frames), np.int64), generator)
-        return model.encode(batch.idm_input.to(device))[0], batch
-
-    return encode_in_batches(model, probe_set, encode)
-
-
-def encode_in_batches(model: torch.nn.Module, probe_set: ProbeSet,
-                      encode: Callable[[Windows], tuple[torch.Tensor, LAMBatch]]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run `encode` (windows -> latent, batch with .action and .bg_velocity) over a probe set in
-    slices, in eval mode: (latents, online-probe predictions, actions, background velocities).
-    Shared by the model families; each brings its own `encode`."""
-    model.eval()
-    latents, predictions, actions, velocity = [], [], [], []
-    for i in range(0, len(probe_set.fit), ENCODE_BATCH):
-        part = Windows(*(getattr(probe_set.windows, f.name)[i:i + ENCODE_BATCH] for f in dataclasses.fields(Windows)))
-        z, batch = encode(part)
-        latents.append(z.float().cpu().numpy())
-        predictions.append(model.probe(z).float().cpu().numpy())
-        actions.append(batch.action.numpy())
-        velocity.append(batch.bg_velocity.numpy())
-    model.train()
-    return tuple(np.concatenate(parts) for parts in (latents, predictions, actions, velocity))
-
-
-@torch.no_grad()
-def latent_actions(model: LatentActionModel, config: LAMConfig, data: TransitionData, rows: np.ndarray) -> np.ndarray:
-    """The frozen IDM's latent action z_t (future offset 1) for every row t: the targets of the
-    downstream protocol's latent behaviour cloning."""
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    method, latents = config.method, []
-    for i in range(0, len(rows), ENCODE_BATCH):
-        part = rows[i:i + ENCODE_BATCH]
-        windows = gather_windows(data, part - method.context_frames + 1, method.probe_window)
-        batch = make_batch(windows, method, config.model, np.ones(len(part), np.int64), generator)
-        latents.append(model.encode(batch.idm_input)[0].numpy())
-    return np.concatenate(latents)
-
-
-def evaluate_probes(model: LatentActionModel, config: LAMConfig, probe_sets: dict[str, ProbeSet],
-                    encode: Callable = encode_probe_set) -> dict:
-    """Offline ridge probes on each held-out set; the online probe and the background probe
-    on the decorrelated `eval` set (the headline). `encode` is the model family's
-    `encode_probe_set` (LAOM passes its own)."""
-    results: dict = {}
-    for name, probe_set in probe_sets.items():
-        z, online, actions, velocity = encode(model, config, probe_set)
-        fit, score = probe_set.fit, ~probe_set.fit
-        action_score = ridge_probe(z[fit], actions[fit], z[score], actions[score])
-        suffix = "" if name == "eval" else f"_{name}"
-        results[f"probe_nmse{suffix}"] = action_score.nmse
-        results[f"probe_nmse_per_dim{suffix}"] = action_score.per_dim
-        if name == "eval":
-            online_score = nmse(online[score], actions[score])
-            results["probe_nmse_online"] = online_score.nmse
-            results["probe_nmse_online_per_dim"] = online_score.per_dim
-            results["background_nmse"] = ridge_probe(z[fit], velocity[fit], z[score], velocity[score]).nmse
-    return results
-
-
-def lam_losses(model: LatentActionModel, config: LAMConfig, batch: LAMBatch) -> dict[str, torch.Tensor]:
-    """The objective of one batch (`loss`) and its parts: the reconstruction (masked for MaskLAM),
-    the VQ loss, and the online probe on the detached latent (it reports, it never shapes the latent)."""
-    prediction, z, vq_loss = model(batch.idm_input, batch.fdm_input)
-    mask = batch.target_mask if config.method.loss == "masked" else None
-    rec = reconstruction_loss(prediction, batch.target, mask)
-    probe = torch.nn.functional.mse_loss(model.probe(z.detach()), batch.action)
-    loss = rec + config.optim.vq_coef * vq_loss + config.optim.probe_coef * probe
-    return {"loss": loss, "reconstruction": rec, "vq": vq_loss, "probe": probe}
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
@@ -138,6 +38,54 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int = 
         return 0.5 * (1 + math.cos(math.pi * (min(step, total) - warmup) / max(total - warmup, 1)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def lam_step(model: LatentActionModel, optimizer: torch.optim.Optimizer, config: LAMConfig, windows: Windows,
+             rng: np.random.Generator, generator: torch.Generator,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, torch.Tensor]:
+    """One update on a batch of `config.method.window`-frame windows: the future offsets k ~ U{1..K}
+    from `rng`, the batch on the model's device, the objective (learner/lam/objective.py), an
+    optimiser step and, offline, a schedule step (the online learner keeps a constant rate).
+    The one LAM update of offline training, the online learner and benchmarks.lam."""
+    method = config.method
+    offsets = rng.integers(1, method.max_future_offset + 1, size=len(windows.frames))
+    device = next(model.parameters()).device
+    losses = lam_losses(model, config, make_batch(windows, method, config.model, offsets, generator).to(device))
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return losses
+
+
+@torch.no_grad()
+def encode_windows(model: LatentActionModel, config: LAMConfig, windows: Windows, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, LAMBatch]:
+    """(latents on the model's device, the batch on the CPU) for windows of `probe_window` frames, k = 1."""
+    device = next(model.parameters()).device
+    batch = make_batch(windows, config.method, config.model, np.ones(len(windows.frames), np.int64), generator)
+    return model.encode(batch.idm_input.to(device))[0], batch
+
+
+def encode_probe_set(model: LatentActionModel, config: LAMConfig, probe_set: ProbeSet) -> Encoded:
+    """(latents, online-probe predictions, actions, background velocities) of every window."""
+    generator = torch.Generator().manual_seed(0)
+    return encode_in_batches(model, probe_set, lambda part: encode_windows(model, config, part, generator))
+
+
+@torch.no_grad()
+def latent_actions(model: LatentActionModel, config: LAMConfig, data: TransitionData, rows: np.ndarray) -> np.ndarray:
+    """The frozen IDM's latent action z_t (future offset 1) for every row t, on the CPU whatever
+    the model's device: the targets of the downstream protocol's latent behaviour cloning."""
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    method, latents = config.method, []
+    for i in range(0, len(rows), ENCODE_BATCH):
+        part = rows[i:i + ENCODE_BATCH]
+        windows = idm_windows(data, part, method)
+        latents.append(encode_windows(model, config, windows, generator)[0].float().cpu().numpy())
+    return np.concatenate(latents)
 
 
 def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, ProbeSet], out: str | Path,
@@ -162,18 +110,13 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
         raise ValueError(f"no chunk holds the {method.window} consecutive frames this method needs")
     rng, generator = run.rng_seeds()
     if not run.state["probes"]:
-        run.record_probes(evaluate_probes(model, config, probe_sets))
+        run.record_probes(evaluate_probes(model, config, probe_sets, encode_probe_set))
     while run.update < config.optim.updates:
         run.start_update()
         windows = sample_windows(data, starts, config.optim.batch_size, method.window, rng)
-        offsets = rng.integers(1, method.max_future_offset + 1, size=config.optim.batch_size)
-        losses = lam_losses(model, config, make_batch(windows, method, config.model, offsets, generator).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
+        losses = lam_step(model, optimizer, config, windows, rng, generator, scheduler)
         if run.end_update(losses) or run.update % eval_every == 0:
-            run.record_probes(evaluate_probes(model, config, probe_sets))
+            run.record_probes(evaluate_probes(model, config, probe_sets, encode_probe_set))
             run.save(model=model, optimizer=optimizer, scheduler=scheduler, image_size=image_size,
                      action_dim=data.action_dim)
     return run.finish(sum(p.numel() for p in model.parameters()))

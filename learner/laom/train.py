@@ -20,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from learner.data import TransitionData, Windows, gather_windows, sample_windows
+from common.windows import Windows
+from learner.data import TransitionData, idm_windows, sample_windows
 from learner.laom.augment import augment
 from learner.laom.batch import LAOMBatch, labelled_starts, make_batch
 from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, LAOMOptimConfig
 from learner.laom.model import LAOM
-from learner.lam.train import ENCODE_BATCH, ProbeSet, cosine_schedule, encode_in_batches, evaluate_probes
+from learner.lam.train import cosine_schedule
 from learner.offline_run import CHECKPOINT, OfflineRun
+from learner.probe import ENCODE_BATCH, ProbeSet, encode_in_batches, evaluate_probes
 
 
 def build_model(config: LAOMConfig, image_size: int, action_dim: int) -> LAOM:
@@ -124,7 +126,7 @@ def latent_actions(model: LAOM, config: LAOMConfig, data: TransitionData, rows: 
     method, latents = config.method, []
     for i in range(0, len(rows), ENCODE_BATCH):
         part = rows[i:i + ENCODE_BATCH]
-        z, _ = encode_windows(model, method, gather_windows(data, part - method.frame_stack + 1, method.probe_window))
+        z, _ = encode_windows(model, method, idm_windows(data, part, method))
         latents.append(z.float().cpu().numpy())
     return np.concatenate(latents)
 
