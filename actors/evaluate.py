@@ -27,7 +27,7 @@ class EvaluationWorker:
     """Runs episodes of one env with one policy and returns their undiscounted returns."""
 
     def __init__(self, env_config: EnvConfig, weights: bytes | None, expert_dir: str = "models/experts"):
-        self.env = make_env(env_config, seed=0, split="eval")
+        self.env = make_env(env_config, split="eval")
         kind = "latent" if weights is not None else "expert"
         actor = ActorConfig(policy=kind, initial_policy="random", action_noise=0.0, expert_dir=expert_dir)
         self.policy = make_behaviour(actor, self.env, 1, np.random.default_rng(0))
@@ -37,12 +37,11 @@ class EvaluationWorker:
     def run(self, seed: int, episodes: list[int]) -> list[float]:
         returns = []
         for episode in episodes:
-            observation, total, done = self.env.reset(seed=episode_seed(seed, episode)), 0.0, False
+            (observation, _), total, done = self.env.reset(seed=episode_seed(seed, episode)), 0.0, False
             self.policy.reset(0)
             while not done:
-                result = self.env.step(self.policy.act([observation])[0])
-                observation, total = result.observation, total + result.reward
-                done = result.terminated or result.truncated
+                observation, reward, terminated, truncated, _ = self.env.step(self.policy.act([observation])[0])
+                total, done = total + reward, terminated or truncated
             returns.append(total)
         return returns
 

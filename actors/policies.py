@@ -67,7 +67,7 @@ class ExpertPolicy:
         pass
 
     def act(self, observations: list[Observation]) -> np.ndarray:
-        states = torch.from_numpy(np.stack([o.state for o in observations]).astype(np.float32))
+        states = torch.from_numpy(np.stack([o["state"] for o in observations]).astype(np.float32))
         with torch.no_grad():
             actions = self.actor.deterministic(states).numpy()
         return _with_noise(actions, self.noise, self.rng)
@@ -114,7 +114,7 @@ class PixelPolicyBehaviour:
         if self.policy is None:
             return self.fallback.act(observations)
         for i, observation in enumerate(observations):
-            self.stacker.push(i, observation.frame)
+            self.stacker.push(i, observation["pixels"])
         return _with_noise(self.policy.act(self.stacker.batch()), self.noise, self.rng)
 
 

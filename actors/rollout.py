@@ -28,13 +28,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+import gymnasium
 import numpy as np
 import ray
 
 from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy, ExpertPolicy, PixelPolicyBehaviour
 from common import metrics as m
 from common.codec import Chunk
-from common.envs import DistractorWrapper, EnvConfig, Observation, StepResult, make_env
+from common.envs import EnvConfig, Observation, make_env
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
 from common.weights import WeightsChannel, WeightsDecodeError
 
@@ -81,19 +82,21 @@ class RolloutReport:
         return self.env_steps / self.seconds if self.seconds > 0 else 0.0
 
 
-def make_behaviour(config: ActorConfig, env: DistractorWrapper, num_envs: int,
+def make_behaviour(config: ActorConfig, env: gymnasium.Env, num_envs: int,
                    rng: np.random.Generator) -> BehaviourPolicy:
-    """The behaviour policy `config.policy` names, for `num_envs` envs like `env`."""
+    """The behaviour policy `config.policy` names, for `num_envs` envs like `env` (from `make_env`)."""
+    action_dim = env.action_space.shape[0]
+
     def simple(kind: str) -> BehaviourPolicy:
         if kind == "expert":
             from learner.experts import load_expert  # a torch checkpoint; only expert actors need it
-            actor, _ = load_expert(env.config.env_id, env.pixels.action_repeat, config.expert_dir)
+            actor, _ = load_expert(env.unwrapped.config.env_id, env.unwrapped.pixels.action_repeat, config.expert_dir)
             return ExpertPolicy(actor, rng, config.action_noise)
-        return CorrelatedRandomPolicy(num_envs, env.action_dim, rng, correlation=config.action_correlation)
+        return CorrelatedRandomPolicy(num_envs, action_dim, rng, correlation=config.action_correlation)
 
     if config.policy == "latent":
-        return PixelPolicyBehaviour(num_envs, env.frame_shape[0], rng, simple(config.initial_policy),
-                                    config.action_noise, action_dim=env.action_dim)
+        return PixelPolicyBehaviour(num_envs, env.observation_space["pixels"].shape[0], rng,
+                                    simple(config.initial_policy), config.action_noise, action_dim=action_dim)
     return simple(config.policy)
 
 
@@ -102,26 +105,27 @@ class _ChunkBuffer:
 
     def __init__(self, first: Observation):
         self.observations = [first]
-        self.steps: list[tuple[np.ndarray, StepResult]] = []
+        self.steps: list[tuple[np.ndarray, float, bool, bool, np.ndarray]] = []  # a, r, term, trunc, bg_velocity
 
-    def add(self, action: np.ndarray, result: StepResult) -> None:
-        self.steps.append((action, result))
-        self.observations.append(result.observation)
+    def add(self, action: np.ndarray, observation: Observation, reward: float, terminated: bool, truncated: bool,
+            info: dict) -> None:
+        self.steps.append((action, reward, terminated, truncated, info["bg_velocity"]))
+        self.observations.append(observation)
 
     def to_chunk(self, env_id: str, actor_id: int, episode_id: str, start_step: int, split: str,
                  policy_version: int) -> Chunk:
-        results = [r for _, r in self.steps]
+        actions, rewards, terminated, truncated, bg_velocity = zip(*self.steps)
         return Chunk(
             env_id=env_id, actor_id=actor_id, episode_id=episode_id, start_step=start_step, split=split,
             policy_version=policy_version,
-            frames=np.stack([o.frame for o in self.observations]),
-            masks=np.stack([o.mask for o in self.observations]),
-            states=np.stack([o.state for o in self.observations]).astype(np.float32),
-            actions=np.stack([a for a, _ in self.steps]).astype(np.float32),
-            rewards=np.array([r.reward for r in results], dtype=np.float32),
-            terminated=np.array([r.terminated for r in results], dtype=bool),
-            truncated=np.array([r.truncated for r in results], dtype=bool),
-            bg_velocity=np.stack([r.bg_velocity for r in results]).astype(np.float32),
+            frames=np.stack([o["pixels"] for o in self.observations]),
+            masks=np.stack([o["mask"] for o in self.observations]),
+            states=np.stack([o["state"] for o in self.observations]).astype(np.float32),
+            actions=np.stack(actions).astype(np.float32),
+            rewards=np.array(rewards, dtype=np.float32),
+            terminated=np.array(terminated, dtype=bool),
+            truncated=np.array(truncated, dtype=bool),
+            bg_velocity=np.stack(bg_velocity).astype(np.float32),
         )
 
 
@@ -140,8 +144,7 @@ class RolloutWorker:
         self.replay = ReplayClient(replay_url, replay_config)
         self.metrics = metrics or m.Metrics.for_this_process()
         self.limiter = RateLimiter(self.replay, limiter_config) if limiter_config else None
-        self.envs = [make_env(env_config, env_seed(actor_config.seed, actor_id, i), actor_config.split)
-                     for i in range(actor_config.envs_per_actor)]
+        self.envs = [make_env(env_config, actor_config.split) for _ in range(actor_config.envs_per_actor)]
         self.policy = make_behaviour(actor_config, self.envs[0], len(self.envs),
                                      np.random.default_rng([actor_config.seed, actor_id]))
         self.policy_version = 0
@@ -152,7 +155,8 @@ class RolloutWorker:
         self.stored_chunks, self.stored_steps = self.replay.stored_by_actor().get(actor_id, (0, 0))
         self.episode_steps = [0] * len(self.envs)
         self.chunk_starts = [0] * len(self.envs)
-        self.buffers = [self._start_episode(i) for i in range(len(self.envs))]
+        self.buffers = [self._start_episode(i, seed=env_seed(actor_config.seed, actor_id, i))
+                        for i in range(len(self.envs))]
 
     def set_weights(self, blob: bytes, version: int | None = None) -> int:
         """Act with newly published pixel-policy weights from now on; returns their version."""
@@ -170,12 +174,14 @@ class RolloutWorker:
             log.warning("actor %d refused the published weights and keeps acting with version %d: %s",
                         self.actor_id, self.policy_version, exc)
 
-    def _start_episode(self, index: int) -> _ChunkBuffer:
+    def _start_episode(self, index: int, seed: int | None = None) -> _ChunkBuffer:
+        """Reset env `index` (its first reset seeds it) and start a chunk with its observation."""
         self.policy.reset(index)
         self.episode_returns[index] = 0.0
         self.episode_steps[index] = 0
         self.chunk_starts[index] = 0
-        return _ChunkBuffer(self.envs[index].reset())
+        observation, _ = self.envs[index].reset(seed=seed)
+        return _ChunkBuffer(observation)
 
     def _episode_id(self, index: int) -> str:
         return f"{self.config.split}-a{self.actor_id}-{self.incarnation}-e{index}-{self.episode_counts[index]}"
@@ -216,12 +222,12 @@ class RolloutWorker:
             for i, env in enumerate(self.envs):
                 if report.env_steps >= num_steps:
                     break
-                result = env.step(actions[i])
-                self.buffers[i].add(actions[i], result)
+                observation, reward, terminated, truncated, info = env.step(actions[i])
+                self.buffers[i].add(actions[i], observation, reward, terminated, truncated, info)
                 self.episode_steps[i] += 1
-                self.episode_returns[i] += result.reward
+                self.episode_returns[i] += reward
                 report.env_steps += 1
-                if result.terminated or result.truncated:
+                if terminated or truncated:
                     self._flush(i, report)
                     self.episode_counts[i] += 1
                     report.episodes += 1

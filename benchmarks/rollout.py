@@ -45,15 +45,16 @@ class RolloutBenchConfig:
 
 
 def bare_steps_per_s(env_config: EnvConfig, steps: int, seed: int) -> float:
-    env = make_env(env_config, env_seed(seed, 0, 0))
+    env = make_env(env_config)
     rng = np.random.default_rng(seed)
-    env.reset()
+    env.reset(seed=env_seed(seed, 0, 0))
+    action_dim = env.action_space.shape[0]
     for _ in range(20):  # warm-up: first renders compile shaders and fill caches
-        env.step(rng.uniform(-1, 1, env.action_dim))
+        env.step(rng.uniform(-1, 1, action_dim))
     start = time.perf_counter()
     for _ in range(steps):
-        result = env.step(rng.uniform(-1, 1, env.action_dim))
-        if result.terminated or result.truncated:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, action_dim))
+        if terminated or truncated:
             env.reset()
     elapsed = time.perf_counter() - start
     env.close()

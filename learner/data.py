@@ -2,8 +2,9 @@
 
 `ensure_dataset` collects a dataset with `actors.collect` (or reuses one already on
 disk with the same settings), and `load_dataset` concatenates its chunks into flat
-arrays so that a batch of windows is one numpy fancy-index. A window never crosses a
-chunk (hence never an episode), and windows are drawn uniformly over all valid starts.
+arrays so that a batch of windows (`common.windows.Windows`, the type the replay samples
+too) is one numpy fancy-index. A window never crosses a chunk (hence never an episode),
+and windows are drawn uniformly over all valid starts.
 """
 
 from __future__ import annotations
@@ -22,20 +23,28 @@ from common.codec import Chunk
 from common.config import config_to_dict
 from common.dataset import DatasetWriter, iter_chunks, read_description
 from common.envs import EnvConfig, env_spec
+from common.experts import expert_record
 from common.replay import ReplayClient, ReplayConfig
+from common.windows import STEP_ARRAYS, Windows
 
 if TYPE_CHECKING:
     from actors.collect import CollectConfig
+    from learner.lam.config import MethodConfig
+    from learner.laom.config import LAOMMethodConfig
 
 
 @dataclass
 class TransitionData:
-    """All frames of a dataset, chunk after chunk; row i's action leads from frame i to i+1."""
+    """All frames of a dataset, chunk after chunk; row i's step (action, reward, flags, background
+    motion) leads from frame i to i+1. The last frame of each chunk leads nowhere: its step is zeros."""
 
     frames: np.ndarray  # uint8 (N, H, W, 3)
     masks: np.ndarray  # uint8 (N, H, W)
-    actions: np.ndarray  # float32 (N, A); the last frame of each chunk has no action (zeros)
-    bg_velocity: np.ndarray  # float32 (N, 2); background motion from frame i to i+1
+    actions: np.ndarray  # float32 (N, A)
+    rewards: np.ndarray  # float32 (N,)
+    terminated: np.ndarray  # bool (N,)
+    truncated: np.ndarray  # bool (N,)
+    bg_velocity: np.ndarray  # float32 (N, 2)
     chunk_start: np.ndarray  # int64 (C,) row of each chunk's first frame
     chunk_length: np.ndarray  # int64 (C,) frames in each chunk
     chunk_episode: np.ndarray  # int64 (C,) episode number of each chunk
@@ -57,19 +66,26 @@ class TransitionData:
         return np.concatenate(starts) if starts else np.zeros(0, np.int64)
 
 
-@dataclass
-class Windows:
-    """A batch of windows of consecutive frames (uint8) and what happened between them."""
-
-    frames: np.ndarray  # uint8 (B, window, H, W, 3)
-    masks: np.ndarray  # uint8 (B, window, H, W)
-    actions: np.ndarray  # float32 (B, window, A); actions[:, j] leads from frame j to j+1
-    bg_velocity: np.ndarray  # float32 (B, window, 2)
-
-
 def gather_windows(data: TransitionData, starts: np.ndarray, window: int) -> Windows:
-    rows = starts[:, None] + np.arange(window)[None, :]
-    return Windows(data.frames[rows], data.masks[rows], data.actions[rows], data.bg_velocity[rows])
+    """The windows of `window` frames from dataset rows `starts` (each within one chunk)."""
+    frames = starts[:, None] + np.arange(window)[None, :]
+    chunk = np.searchsorted(data.chunk_start, starts, side="right") - 1
+    return Windows(frames=data.frames[frames], masks=data.masks[frames],
+                   **{name: getattr(data, name)[frames[:, :-1]] for name in STEP_ARRAYS},
+                   chunk_ids=chunk, starts=starts - data.chunk_start[chunk])
+
+
+def idm_windows(source: TransitionData | Windows, rows: np.ndarray | int,
+                method: MethodConfig | LAOMMethodConfig) -> Windows:
+    """The IDM's window for row t (future offset 1): frames t-c+1 .. t-c+P, where c is the
+    method's `context_frames` and P its `probe_window` (both model families define them).
+
+    `source` is a dataset with `rows` its row numbers, or a batch of windows with `rows` the
+    position of t inside every window (the online learner's case)."""
+    first = rows - method.context_frames + 1
+    if isinstance(source, Windows):
+        return source.cut(first, method.probe_window)
+    return gather_windows(source, first, method.probe_window)
 
 
 def sample_windows(data: TransitionData, starts: np.ndarray, batch: int, window: int,
@@ -88,23 +104,25 @@ def load_dataset(directory: str | Path) -> TransitionData:
 
 def transition_data(chunks: Iterable[Chunk]) -> TransitionData | None:
     """Chunks (in order) as flat arrays; None if there are none."""
-    frames, masks, actions, velocity, lengths, episodes = [], [], [], [], [], []
+    frames, masks, lengths, episodes = [], [], [], []
+    steps: dict[str, list[np.ndarray]] = {name: [] for name in STEP_ARRAYS}
     episode_ids: dict[str, int] = {}
     for chunk in chunks:
-        n = chunk.num_steps + 1
         frames.append(chunk.frames)
         masks.append(chunk.masks)
-        actions.append(np.concatenate([chunk.actions, np.zeros((1, chunk.actions.shape[1]), np.float32)]))
-        velocity.append(np.concatenate([chunk.bg_velocity, np.zeros((1, 2), np.float32)]))
-        lengths.append(n)
+        for name, parts in steps.items():  # the chunk's last frame leads nowhere: a zero step
+            array = getattr(chunk, name)
+            parts.append(np.concatenate([array, np.zeros((1, *array.shape[1:]), array.dtype)]))
+        lengths.append(chunk.num_steps + 1)
         episodes.append(episode_ids.setdefault(chunk.episode_id, len(episode_ids)))
     if not frames:
         return None
     lengths_array = np.array(lengths, np.int64)
     return TransitionData(
-        frames=np.concatenate(frames), masks=np.concatenate(masks), actions=np.concatenate(actions),
-        bg_velocity=np.concatenate(velocity), chunk_start=np.cumsum(lengths_array) - lengths_array,
-        chunk_length=lengths_array, chunk_episode=np.array(episodes, np.int64))
+        frames=np.concatenate(frames), masks=np.concatenate(masks),
+        **{name: np.concatenate(parts) for name, parts in steps.items()},
+        chunk_start=np.cumsum(lengths_array) - lengths_array, chunk_length=lengths_array,
+        chunk_episode=np.array(episodes, np.int64))
 
 
 @dataclass
@@ -128,7 +146,6 @@ class DatasetSpec:
         payload = {"env": config_to_dict(self.env), "split": self.split, "seed": self.seed, "steps": self.steps,
                    "chunk_length": self.chunk_length, "policy": "iid-uniform"}
         if self.policy == "expert":
-            from learner.experts import expert_record
             record = expert_record(self.env.env_id, self.env.action_repeat, self.expert_dir)
             payload |= {"policy": "expert", "action_noise": self.action_noise, "expert": record}
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]

@@ -28,15 +28,16 @@ TASKS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 
 def frames_and_masks(config: EnvConfig, seed: int, times: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(frame, mask) at the given decision indices of one random-action episode."""
-    env = make_env(config, seed=seed)
+    env = make_env(config)
     rng = np.random.default_rng(seed)
-    obs, shots = env.reset(), []
+    (obs, _), shots = env.reset(seed=seed), []
     for t in range(max(times) + 1):
         if t in times:
-            shots.append((obs.frame, obs.mask))
+            shots.append((obs["pixels"], obs["mask"]))
         if t < max(times):
-            result = env.step(rng.uniform(-1, 1, env.action_dim))
-            obs = result.observation if not (result.terminated or result.truncated) else env.reset()
+            obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape[0]))
+            if terminated or truncated:
+                obs, _ = env.reset()
     env.close()
     return shots
 
@@ -44,14 +45,14 @@ def frames_and_masks(config: EnvConfig, seed: int, times: list[int]) -> list[tup
 def coverage(env_id: str, image_size: int, decisions: int = 200, seed: int = 0) -> float:
     """Mean agent-mask fraction over random-action decisions (resetting on termination)."""
     config = EnvConfig(env_id=env_id, distractor="none", image_size=image_size, render_size=image_size)
-    env = make_env(config, seed=seed)
+    env = make_env(config)
     rng = np.random.default_rng(seed)
-    env.reset()
+    env.reset(seed=seed)
     fractions = []
     for _ in range(decisions):
-        result = env.step(rng.uniform(-1, 1, env.action_dim))
-        fractions.append(result.observation.mask.mean())
-        if result.terminated or result.truncated:
+        obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape[0]))
+        fractions.append(obs["mask"].mean())
+        if terminated or truncated:
             env.reset()
     env.close()
     return float(np.mean(fractions))

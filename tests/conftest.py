@@ -1,4 +1,5 @@
-"""Shared fixtures: one real redis-server for the session, a fresh replay per test."""
+"""Shared fixtures: one real redis-server for the session, a fresh replay per test; and
+synthetic data (chunks, windows, datasets) for the tests that build their own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import common.envs  # noqa: F401  (first: sets MUJOCO_GL before any test imports mujoco)
 from common.codec import Chunk
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
+from common.windows import Windows
+from learner.data import TransitionData
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +51,25 @@ def synthetic_chunk(num_steps: int = 8, size: int = 8, action_dim: int = 3, firs
         rewards=steps[:-1].astype(np.float32), terminated=np.zeros(num_steps, bool),
         truncated=np.zeros(num_steps, bool), states=np.repeat(steps[:, None], 4, axis=1).astype(np.float32),
         bg_velocity=np.stack([steps[:-1], -steps[:-1]], axis=1).astype(np.float32))
+
+
+def windows_of(frames: np.ndarray, masks: np.ndarray, actions: np.ndarray, bg_velocity: np.ndarray) -> Windows:
+    """Windows from arrays with one row per frame (B, W, ...): the steps are their first W - 1
+    rows (the last frame leads nowhere); rewards and flags are zeros."""
+    batch, window = frames.shape[:2]
+    zeros = np.zeros((batch, window - 1), np.float32)
+    return Windows(frames=frames, masks=masks, actions=actions[:, :-1], rewards=zeros, terminated=zeros.astype(bool),
+                   truncated=zeros.astype(bool), bg_velocity=bg_velocity[:, :-1],
+                   chunk_ids=np.zeros(batch, np.int64), starts=np.zeros(batch, np.int64))
+
+
+def transition_data_of(frames: np.ndarray, masks: np.ndarray, actions: np.ndarray, bg_velocity: np.ndarray,
+                       chunk_length: np.ndarray, chunk_episode: np.ndarray) -> TransitionData:
+    """A dataset from flat arrays (one row per frame) and its chunks' lengths and episodes;
+    rewards and flags are zeros."""
+    chunk_length = np.asarray(chunk_length, np.int64)
+    n = len(frames)
+    return TransitionData(frames=frames, masks=masks, actions=actions, rewards=np.zeros(n, np.float32),
+                          terminated=np.zeros(n, bool), truncated=np.zeros(n, bool), bg_velocity=bg_velocity,
+                          chunk_start=np.cumsum(chunk_length) - chunk_length, chunk_length=chunk_length,
+                          chunk_episode=np.asarray(chunk_episode, np.int64))

@@ -12,6 +12,7 @@ from actors.policies import PixelPolicyBehaviour
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.weights import WeightsDecodeError, decode_policy, encode_policy
+from conftest import transition_data_of
 from learner.data import TransitionData
 from learner.downstream import DownstreamConfig, train_decoder, train_latent_bc, usable_transitions
 from learner.experts import ExpertConfig, ExpertNotFoundError, load_expert, train_expert
@@ -27,11 +28,10 @@ def cyclic_data(length: int = 96, period: int = 6, seed: int = 0) -> TransitionD
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (period, SIZE, SIZE, 3), dtype=np.uint8)
     frames = images[np.arange(length) % period]
-    return TransitionData(frames=frames, masks=np.ones((length, SIZE, SIZE), np.uint8),
-                          actions=rng.uniform(-1, 1, (length, ACTIONS)).astype(np.float32),
-                          bg_velocity=np.zeros((length, 2), np.float32),
-                          chunk_start=np.arange(0, length, 32), chunk_length=np.full(length // 32, 32),
-                          chunk_episode=np.arange(length // 32))
+    return transition_data_of(frames, np.ones((length, SIZE, SIZE), np.uint8),
+                              rng.uniform(-1, 1, (length, ACTIONS)).astype(np.float32),
+                              np.zeros((length, 2), np.float32),
+                              chunk_length=np.full(length // 32, 32), chunk_episode=np.arange(length // 32))
 
 
 def small_policy(latent_dim: int = 4, seed: int = 0, action_dim: int = ACTIONS) -> PixelPolicy:

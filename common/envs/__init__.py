@@ -1,4 +1,5 @@
-"""Pixel MuJoCo tasks behind distractor backgrounds, with ground-truth agent masks.
+"""Pixel MuJoCo tasks behind distractor backgrounds, with ground-truth agent masks, as
+registered Gymnasium envs ("MaskLAM/HalfCheetah-v5", ...; see factory.py).
 
 MuJoCo picks its OpenGL backend when it is first imported, so the headless default is
 set here, before anything below imports it: EGL on Linux (GPU or Mesa, no display
@@ -12,16 +13,10 @@ import sys
 if sys.platform.startswith("linux"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-# Mesa's software GL and Triton (pulled in by torch's optimisers and compiler) each load
-# their own LLVM; whichever comes second crashes the process with a segmentation fault
-# if Mesa was first. Loading Triton first (0.2 s, where installed) makes both coexist.
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pass
+from common.envs.distractors import TASKS, DistractorEnv  # noqa: E402
+from common.envs.factory import env_spec, gym_id, make_env, register_tasks  # noqa: E402
+from common.envs.spec import EnvConfig, Observation  # noqa: E402
 
-from common.envs.distractors import DistractorWrapper  # noqa: E402
-from common.envs.factory import env_spec, make_env  # noqa: E402
-from common.envs.spec import EnvConfig, Observation, StepResult  # noqa: E402
+register_tasks()
 
-__all__ = ["DistractorWrapper", "EnvConfig", "Observation", "StepResult", "env_spec", "make_env"]
+__all__ = ["TASKS", "DistractorEnv", "EnvConfig", "Observation", "env_spec", "gym_id", "make_env"]

@@ -1,4 +1,4 @@
-"""Distractor backgrounds composited behind the agent, and the env every role steps.
+"""Distractor backgrounds composited behind the agent: the Gymnasium env every role steps.
 
 Modes (DESIGN.md section 3):
 - `none`: the clean task (black sky, checker floor); `bg_velocity` is zero.
@@ -30,13 +30,20 @@ and evaluation backgrounds never coincide and every (seed, split) replays exactl
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import gymnasium
 import numpy as np
 
 from common.envs.backgrounds import Background, BackgroundLibrary, procedural_background
 from common.envs.pixels import AGENT, PixelMujocoEnv
-from common.envs.spec import EnvConfig, Observation, Split, StepResult
+from common.envs.spec import EnvConfig, Observation, Split
 
 MODES = ("none", "exogenous", "correlated", "video")
+# Tasks with pixels and distractors. InvertedPendulum (pixels.py) has one action, too few for
+# the action projection; it only serves the state-based expert trainer's tests.
+TASKS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Humanoid-v5", "Ant-v5")
 SPLIT_IDS = {"train": 0, "eval": 1}
 NOISE_AR = 0.9  # step-to-step correlation of the background's own motion (smooth, not jittery)
 WALK_STEP = 0.1  # random-walk step std as a fraction of the walk's bound
@@ -76,7 +83,9 @@ class BoundedWalk:
 
 
 def check_config(config: EnvConfig) -> None:
-    """Raise a ValueError for settings the wrapper cannot honour."""
+    """Raise a ValueError for settings the env cannot honour."""
+    if config.env_id not in TASKS:
+        raise ValueError(f"unsupported env id {config.env_id!r}; supported: {', '.join(TASKS)}")
     if config.distractor not in MODES:
         raise ValueError(f"unknown distractor {config.distractor!r}; choose from {', '.join(MODES)}")
     if config.distractor == "video" and not config.background_dir:
@@ -89,31 +98,65 @@ def check_config(config: EnvConfig) -> None:
         raise ValueError("bg_speed, camera_shake and color_drift must be >= 0")
 
 
-class DistractorWrapper:
-    """The env the rest of the system sees: frames with distractors, masks, states."""
+class DistractorEnv(gymnasium.Env[Observation, np.ndarray]):
+    """One task behind one distractor, as a Gymnasium env: frames, ground-truth masks, states.
 
-    def __init__(self, env: PixelMujocoEnv, config: EnvConfig, seed: int, split: Split = "train") -> None:
+    Registered for every supported task as "MaskLAM/<task>" (factory.py), with `EnvConfig`'s
+    fields as keyword settings and `split` picking the background split. Actions are in
+    [-1, 1]^A (clipped), each held for the task's action repeat; `info["bg_velocity"]` is
+    the background's on-screen motion during the step (zero at reset). Episodes are
+    truncated after `max_episode_steps` decisions by the env itself (as a setting it travels
+    in the spec's kwargs: `gymnasium.make`'s own `max_episode_steps` adds a TimeLimit).
+
+    Seeding: `reset(seed=s)` starts episode 0 of seed s, each later `reset()` the next
+    episode of the same seed; a first `reset()` without a seed draws one.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, env_id: str = "HalfCheetah-v5", split: Split = "train", render_mode: str | None = None,
+                 **settings: Any) -> None:
+        config = _config(env_id, settings)
         check_config(config)
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {', '.join(SPLIT_IDS)}, not {split!r}")
-        self.pixels, self.config, self.split, self.seed = env, config, split, seed
-        self.action_dim, self.state_dim = env.action_dim, env.state_dim
-        self.frame_shape = (config.image_size, config.image_size, 3)
-        self.projection = action_projection(env.action_dim, config.distractor_seed)
-        self.library = BackgroundLibrary(config.background_dir, env.render_size) if config.background_dir else None
-        self._factor = env.render_size // config.image_size
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', not {render_mode!r}")
+        self.config, self.split, self.render_mode = config, split, render_mode
+        self.library = BackgroundLibrary(config.background_dir, config.render_size) if config.background_dir else None
+        self.pixels = PixelMujocoEnv(config.env_id, config.render_size, config.action_repeat,
+                                     config.max_episode_steps, config.terminate_when_unhealthy)
+        try:
+            self.projection = action_projection(self.pixels.action_dim, config.distractor_seed)
+        except ValueError:
+            self.pixels.close()
+            raise
+        self.action_dim = self.pixels.action_dim
+        size = config.image_size
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
+        self.observation_space = gymnasium.spaces.Dict({
+            "pixels": gymnasium.spaces.Box(0, 255, (size, size, 3), np.uint8),
+            "mask": gymnasium.spaces.Box(0, 1, (size, size), np.uint8),
+            "state": gymnasium.spaces.Box(-np.inf, np.inf, (self.pixels.state_dim,), np.float32),
+        })
+        self.metadata = {**self.metadata, "render_fps": 1.0 / self.pixels.decision_seconds}
+        self._factor = self.pixels.render_size // size
         # Share of the background in a pixel of each layer (SKY, FLOOR, AGENT).
         self._layer_weight = np.array([1.0, 1.0 - config.ground_alpha, 0.0], np.float32)
+        self._seed: int | None = None
         self._episode = -1
         self._done = True
         self._background: Background | None = None
+        self._frame: np.ndarray | None = None
 
-    def reset(self, seed: int | None = None) -> Observation:
-        """Start the next episode (or episode 0 of a new `seed`)."""
-        if seed is not None:
-            self.seed, self._episode = seed, -1
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Observation, dict[str, Any]]:
+        """Start the next episode (or episode 0 of a new `seed`); there are no options."""
+        super().reset(seed=seed)
+        if seed is not None or self._seed is None:
+            self._seed, self._episode = self.np_random_seed, -1
         self._episode += 1
-        episode = np.random.SeedSequence(self.seed, spawn_key=(SPLIT_IDS[self.split], self._episode))
+        episode = np.random.SeedSequence(self._seed, spawn_key=(SPLIT_IDS[self.split], self._episode))
         # One stream per process, so that switching one nuisance on leaves the others unchanged.
         physics, content, motion, shake, color = (np.random.default_rng(s) for s in episode.spawn(5))
         state = self.pixels.reset(seed=int(physics.integers(2**31)))
@@ -133,9 +176,9 @@ class DistractorWrapper:
         self._shake = BoundedWalk(2, self.config.camera_shake, shake) if live and self.config.camera_shake else None
         self._color = BoundedWalk(6, self.config.color_drift, color) if live and self.config.color_drift else None
         self._done = False
-        return self._observe(state)
+        return self._observe(state), {"bg_velocity": np.zeros(2, np.float32)}
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         """Apply `action` in [-1, 1]^A for one decision."""
         if self._done:
             raise RuntimeError("call reset() before step(): the episode has not started or has ended")
@@ -149,8 +192,14 @@ class DistractorWrapper:
             if walk is not None:
                 walk.step()
         self._done = terminated or truncated
-        return StepResult(observation=self._observe(state), reward=reward, terminated=terminated,
-                          truncated=truncated, bg_velocity=(velocity / self._factor).astype(np.float32))
+        info = {"bg_velocity": (velocity / self._factor).astype(np.float32)}
+        return self._observe(state), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, as the observation shows it (render_mode "rgb_array")."""
+        if self.render_mode is None or self._frame is None:
+            return None
+        return self._frame.copy()
 
     def close(self) -> None:
         self.pixels.close()
@@ -173,7 +222,17 @@ class DistractorWrapper:
             frame, mask = _area_pool(frame, self._factor), _area_pool(mask, self._factor) >= 0.5
         if frame.dtype != np.uint8:
             frame = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
-        return Observation(frame=frame, mask=mask.astype(np.uint8), state=state)
+        self._frame = frame
+        return {"pixels": frame, "mask": mask.astype(np.uint8), "state": state}
+
+
+def _config(env_id: str, settings: dict[str, Any]) -> EnvConfig:
+    """`EnvConfig` from keyword settings, naming the valid ones when one is unknown."""
+    known = {f.name for f in dataclasses.fields(EnvConfig)} - {"env_id"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"unknown env setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return EnvConfig(env_id=env_id, **settings)
 
 
 def _area_pool(image: np.ndarray, factor: int) -> np.ndarray:

@@ -1,29 +1,50 @@
-"""Building envs from an `EnvConfig`, and the record of what was built.
+"""Building envs: the registered Gymnasium ids, `make_env` from an `EnvConfig`, and the
+record of what was built.
 
+Importing `common.envs` registers "MaskLAM/<task>" for every task, so that any Gymnasium
+user can write `gymnasium.make("MaskLAM/HalfCheetah-v5", distractor="correlated", rho=0.5)`
+(or `gymnasium.make("common.envs:MaskLAM/HalfCheetah-v5", ...)` without the import).
 `env_spec` is stored with every dataset and run so that frames can always be traced to
 the task, camera, frame size, action repeat and distractor that produced them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium
 import mujoco
+import numpy as np
 
-from common.envs.distractors import NOISE_AR, DistractorWrapper, check_config
-from common.envs.pixels import PixelMujocoEnv, make_gym_env, task_view
-from common.envs.spec import EnvConfig, Split
+from common.envs.distractors import NOISE_AR, TASKS, check_config
+from common.envs.pixels import make_gym_env, task_view
+from common.envs.spec import EnvConfig, Observation, Split
+
+NAMESPACE = "MaskLAM"
 
 
-def make_env(config: EnvConfig, seed: int, split: Split = "train") -> DistractorWrapper:
-    """The env for `config`; `seed` and `split` pick the episodes' physics and backgrounds."""
+def gym_id(env_id: str) -> str:
+    """The registered id of a task: "HalfCheetah-v5" -> "MaskLAM/HalfCheetah-v5"."""
+    return f"{NAMESPACE}/{env_id}"
+
+
+def register_tasks() -> None:
+    """Register every task with Gymnasium (once; `common.envs` calls this when imported)."""
+    for task in TASKS:
+        if gym_id(task) not in gymnasium.registry:
+            gymnasium.register(gym_id(task), entry_point="common.envs.distractors:DistractorEnv",
+                               kwargs={"env_id": task})
+
+
+def make_env(config: EnvConfig, split: Split = "train") -> gymnasium.Env[Observation, np.ndarray]:
+    """`gymnasium.make` of `config`'s task with all its settings; `reset(seed=...)` seeds it.
+
+    The settings travel in the spec's kwargs rather than as keywords of `make`, which keeps
+    `max_episode_steps` for its own TimeLimit wrapper; ours is the env's own setting.
+    """
     check_config(config)
-    pixels = PixelMujocoEnv(config.env_id, config.render_size, config.action_repeat, config.max_episode_steps,
-                            config.terminate_when_unhealthy)
-    try:
-        return DistractorWrapper(pixels, config, seed, split)
-    except Exception:
-        pixels.close()
-        raise
+    spec = gymnasium.spec(gym_id(config.env_id))
+    return gymnasium.make(dataclasses.replace(spec, kwargs={**dataclasses.asdict(config), "split": split}))
 
 
 def env_spec(config: EnvConfig) -> dict:

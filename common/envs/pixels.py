@@ -31,18 +31,25 @@ motion becoming a blur. HalfCheetah's gym step (0.05 s) is already there; Hopper
 Walker's 0.008 s steps move the agent by a pixel or two and the action's effect is
 barely visible, so they repeat 4 and 2 (Walker's six actuators move it faster).
 Humanoid (0.015 s gym steps) repeats 2, Ant (0.05 s) is used as is.
+
+Models. HalfCheetah loads our copy of gym's model (assets/half_cheetah.xml), identical
+once compiled but without the deprecated `settotalmass` that MuJoCo warns about.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium
 import mujoco
 import numpy as np
 
 SKY, FLOOR, AGENT = 0, 1, 2  # values of the layer image
+ASSETS = Path(__file__).parent / "assets"
 _GEOM = int(mujoco.mjtObj.mjOBJ_GEOM)  # a plain int: comparing arrays to the enum is slow
 
 
@@ -55,10 +62,12 @@ class TaskView:
     elevation: float  # degrees, negative looks down
     lift: float  # metres the view is raised above the centre of mass (tall agents)
     track_body: str = "torso"  # the body whose subtree the camera follows
+    xml_file: str | None = None  # our copy of the task's model in assets/, where gym's needs a fix
 
 
 TASK_VIEWS: dict[str, TaskView] = {
-    "HalfCheetah-v5": TaskView(action_repeat=1, distance=1.8, elevation=-10.0, lift=0.0),
+    "HalfCheetah-v5": TaskView(action_repeat=1, distance=1.8, elevation=-10.0, lift=0.0,
+                               xml_file="half_cheetah.xml"),
     "Hopper-v5": TaskView(action_repeat=4, distance=1.8, elevation=-10.0, lift=0.2),
     "Walker2d-v5": TaskView(action_repeat=2, distance=1.8, elevation=-10.0, lift=0.2),
     "Humanoid-v5": TaskView(action_repeat=2, distance=2.0, elevation=-10.0, lift=0.0),
@@ -79,10 +88,26 @@ def make_gym_env(env_id: str, terminate_when_unhealthy: bool = True) -> gymnasiu
     """The bare Gymnasium task (no time limit); `terminate_when_unhealthy=False` keeps a
     fallen Hopper or Walker going, which only tasks with a health check accept."""
     options = {} if terminate_when_unhealthy else {"terminate_when_unhealthy": False}
+    view = task_view(env_id)
+    if view.xml_file is not None:
+        options["xml_file"] = str(ASSETS / view.xml_file)
     try:
         return gymnasium.make(env_id, disable_env_checker=True, **options).unwrapped
     except TypeError as error:
         raise ValueError(f"{env_id} has no health check; drop --no-terminate-when-unhealthy for it") from error
+
+
+def _load_triton_before_mesa() -> None:
+    """Load Triton now if this process uses torch and has it.
+
+    Mesa's software GL (loaded with the first renderer) and Triton (loaded by torch's
+    optimisers) each bring their own LLVM; if Mesa comes first, loading Triton crashes the
+    process with a segmentation fault, while the other order works. Processes that train
+    with torch import it before they build an env, so this covers them; processes without
+    torch (the actors) load neither.
+    """
+    if "torch" in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 class PixelMujocoEnv:
@@ -104,6 +129,7 @@ class PixelMujocoEnv:
         self.data: mujoco.MjData = self._env.data
         self.action_dim = int(self._env.action_space.shape[0])
         self.state_dim = int(self._env.observation_space.shape[0])
+        self.decision_seconds = float(self._env.dt) * self.action_repeat
         self._low = self._env.action_space.low.astype(np.float64)
         self._high = self._env.action_space.high.astype(np.float64)
         self._steps = 0
@@ -117,6 +143,7 @@ class PixelMujocoEnv:
         self.model.geom_size[planes, 2] = np.maximum(self.model.geom_size[planes, 2], 1.0)
         self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, render_size)
         self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, render_size)
+        _load_triton_before_mesa()
         try:
             self.renderer = mujoco.Renderer(self.model, render_size, render_size)
         except Exception as error:  # mujoco raises FatalError or RuntimeError, by backend

@@ -1,15 +1,16 @@
-"""The environment contract: its settings and what one step yields.
+"""The environment contract: its settings and what it shows.
 
-Actors, the segmenter and the learner only ever see these types, so every task and
-distractor mode looks the same to them. The proprioceptive `state` is for diagnostics
-and experts only; the LAM never sees it. `bg_velocity` is the distractor's own motion
-(pixels per step), recorded so that we can measure how much of it a latent holds.
+Every task and distractor mode is a Gymnasium env with the same observation, so they
+all look the same to actors, the segmenter and the learner. The proprioceptive `state`
+is for diagnostics and experts only; the LAM never sees it. Each step's `info` holds
+`bg_velocity`, the distractor's own motion (float32 (2,), (dx, dy) in image pixels per
+step), recorded so that we can measure how much of it a latent holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 
@@ -37,21 +38,9 @@ class EnvConfig:
     distractor_seed: int = field(default=0, metadata={"help": "seed of the fixed action->background projection"})
 
 
-@dataclass
-class Observation:
-    """What the env shows at one instant."""
+class Observation(TypedDict):
+    """What the env shows at one instant (a plain dict, as Gymnasium's `Dict` space holds)."""
 
-    frame: np.ndarray  # uint8 (H, W, 3)
+    pixels: np.ndarray  # uint8 (H, W, 3)
     mask: np.ndarray  # uint8 (H, W), 1 = agent pixels (ground truth from MuJoCo segmentation)
     state: np.ndarray  # float32 (S,), proprioceptive, diagnostics only
-
-
-@dataclass
-class StepResult:
-    """The outcome of one decision (action held for `action_repeat` env steps)."""
-
-    observation: Observation
-    reward: float
-    terminated: bool
-    truncated: bool
-    bg_velocity: np.ndarray  # float32 (2,), background motion this step (pixels/step)
