@@ -11,8 +11,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # (name, type) of every contract in pyproject.toml's [tool.importlinter]. A contract is
@@ -29,8 +27,6 @@ def _importlinter_config() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 
 
-@pytest.mark.xfail(strict=True, reason="pending: actors.rollout imports learner.experts until the expert "
-                   "loader moves to common/experts.py (issue 13, finding 5); drop this mark then")
 def test_import_contracts_are_kept():
     lint_imports = Path(sys.executable).parent / "lint-imports"
     result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
