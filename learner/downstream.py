@@ -83,23 +83,23 @@ def transition_window(policy_frames: int, method: MethodConfig) -> tuple[int, in
     return back, back + 1 + method.future_frames
 
 
-def usable_transitions(data: TransitionData, policy_frames: int, lam: LAMConfig) -> Transitions:
-    back, window = transition_window(policy_frames, lam.method)
+def usable_transitions(data: TransitionData, policy_frames: int, lam_config: LAMConfig) -> Transitions:
+    back, window = transition_window(policy_frames, lam_config.method)
     return Transitions(data.window_starts(window) + back, policy_frames)
 
 
-def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionData, config: DownstreamConfig,
+def train_latent_bc(model: LatentActionModel, lam_config: LAMConfig, data: TransitionData, config: DownstreamConfig,
                     seed: int, label: str = "bc") -> tuple[PixelPolicy, dict]:
     """Stage 2: a fresh pixel policy whose latent policy regresses the IDM's latents."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    transitions = usable_transitions(data, config.policy_frames, lam)
+    transitions = usable_transitions(data, config.policy_frames, lam_config)
     if len(transitions.rows) == 0:
         raise ValueError("no transition has the frames the latent policy and the IDM need")
-    targets = torch.from_numpy(latent_actions(model, lam, data, transitions.rows))  # per model family
+    targets = torch.from_numpy(latent_actions(model, lam_config, data, transitions.rows))  # per model family
     actions = torch.from_numpy(data.actions[transitions.rows])
     spec = PixelPolicySpec(image_size=data.frames.shape[1], action_dim=data.action_dim,
-                           latent_dim=lam.model.latent_dim, frames=config.policy_frames, scale=config.policy_scale)
+                           latent_dim=lam_config.model.latent_dim, frames=config.policy_frames, scale=config.policy_scale)
     policy = PixelPolicy(spec)
     latent_policy = policy.latent_policy
     optimizer = torch.optim.AdamW(latent_policy.parameters(), lr=config.bc_lr)
@@ -112,7 +112,7 @@ def train_latent_bc(model: LatentActionModel, lam: LAMConfig, data: TransitionDa
         bc_loss = F.mse_loss(z, targets[index])
         probe_loss = F.mse_loss(latent_policy.probe(z.detach()), actions[index])
         optimizer.zero_grad(set_to_none=True)
-        (bc_loss + lam.optim.probe_coef * probe_loss).backward()
+        (bc_loss + lam_config.optim.probe_coef * probe_loss).backward()
         optimizer.step()
         scheduler.step()
         recent.append((bc_loss.item(), probe_loss.item()))
@@ -154,7 +154,7 @@ def train_decoder(policy: PixelPolicy, data: TransitionData, transitions: Transi
     return {"labelled_transitions": len(labelled), "decoder_loss": loss.item(), "decoder_train_nmse": fit}
 
 
-def run_downstream(model: LatentActionModel, lam: LAMConfig, data: TransitionData, env: EnvConfig,
+def run_downstream(model: LatentActionModel, lam_config: LAMConfig, data: TransitionData, env: EnvConfig,
                    config: DownstreamConfig, expert_return: float, seed: int, out: str | Path,
                    label: str = "downstream") -> dict:
     """Stages 2 and 3 and evaluation for every label budget; OUT/downstream.json (reused when
@@ -168,8 +168,8 @@ def run_downstream(model: LatentActionModel, lam: LAMConfig, data: TransitionDat
         if saved["settings"] == settings:
             return saved
     out.mkdir(parents=True, exist_ok=True)
-    policy, metrics = train_latent_bc(model, lam, data, config, seed, label=f"{label} bc")
-    transitions = usable_transitions(data, config.policy_frames, lam)
+    policy, metrics = train_latent_bc(model, lam_config, data, config, seed, label=f"{label} bc")
+    transitions = usable_transitions(data, config.policy_frames, lam_config)
     budgets = []
     for budget in config.budgets():
         decoded = copy.deepcopy(policy)

@@ -38,21 +38,21 @@ from learner.rl.sac import SACAgent, SACConfig
 class LatentPolicyRL:
     """The pixel policy, its critic and their optimisers; `window` frames per sampled transition."""
 
-    def __init__(self, spec: PixelPolicySpec, lam: LAMConfig, sac: SACConfig, downstream: DownstreamConfig,
+    def __init__(self, spec: PixelPolicySpec, lam_config: LAMConfig, sac: SACConfig, downstream: DownstreamConfig,
                  device: torch.device):
-        self.spec, self.lam, self.downstream, self.device = spec, lam, downstream, device
+        self.spec, self.lam_config, self.downstream, self.device = spec, lam_config, downstream, device
         self.policy = PixelPolicy(spec).to(device)
         self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder).to(device)
         self.bc_optimizer = torch.optim.AdamW(self.policy.latent_policy.parameters(), lr=downstream.bc_lr)
         # Row t of a sampled window sits at `back` (the same rows `usable_transitions` picks offline).
-        self.back, self.window = transition_window(spec.frames, lam.method)
+        self.back, self.window = transition_window(spec.frames, lam_config.method)
 
     def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int) -> dict:
         """Latent BC and the decoder from labelled actions; returns their metrics. The IDM's
         targets are computed where the LAM lives; the pixel policy is trained as offline."""
-        policy, metrics = train_latent_bc(lam_model, self.lam, data, self.downstream, seed, label="latent bc")
+        policy, metrics = train_latent_bc(lam_model, self.lam_config, data, self.downstream, seed, label="latent bc")
         budget = self.downstream.budgets()[-1]
-        transitions = usable_transitions(data, self.spec.frames, self.lam)
+        transitions = usable_transitions(data, self.spec.frames, self.lam_config)
         metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed)
         self.policy.load_state_dict(policy.state_dict())
         metrics.pop("bc_curve")
@@ -62,7 +62,8 @@ class LatentPolicyRL:
                generator: torch.Generator) -> dict[str, float]:
         """One latent-BC step and one SAC step on a batch of `self.window`-frame windows."""
         b, frames = self.back, self.spec.frames
-        target = encode_windows(lam_model, self.lam, idm_windows(windows, b, self.lam.method), generator)[0]
+        method = self.lam_config.method
+        target = encode_windows(lam_model, self.lam_config, idm_windows(windows, b, method), generator)[0]
         latent_policy = self.policy.latent_policy
         now = frames_to_input(windows.frames[:, b - frames + 1:b + 1]).to(self.device)
         bc_loss = F.mse_loss(latent_policy(now), target)
