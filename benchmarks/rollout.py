@@ -49,13 +49,17 @@ def bare_steps_per_s(env_config: EnvConfig, steps: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     env.reset(seed=env_seed(seed, 0, 0))
     action_dim = env.action_space.shape[0]
-    for _ in range(20):  # warm-up: first renders compile shaders and fill caches
-        env.step(rng.uniform(-1, 1, action_dim))
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
         _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, action_dim))
         if terminated or truncated:
             env.reset()
+
+    for _ in range(20):  # warm-up: first renders compile shaders and fill caches
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
     elapsed = time.perf_counter() - start
     env.close()
     return steps / elapsed
