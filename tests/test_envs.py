@@ -98,7 +98,8 @@ def test_gymnasium_make_takes_the_settings_as_keywords() -> None:
     assert again.unwrapped.config == config and again.unwrapped.split == "eval"
     first, again_first = env.reset(seed=4)[0], again.reset(seed=4)[0]
     assert all(np.array_equal(first[k], again_first[k]) for k in first)
-    env.close(), again.close()
+    env.close()
+    again.close()
     with pytest.raises(ValueError, match="unknown env setting.*rhoo.*valid:.*rho"):
         gymnasium.make("MaskLAM/HalfCheetah-v5", rhoo=0.5)
 
