@@ -14,14 +14,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import ray
+import tyro
 
 from actors.rollout import ActorConfig, RolloutReport, start_rollout_actors
 from common.cli import ConfigError, config_errors, run_main
 from common.cluster import init_ray
-from common.config import config_to_dict, parse_config, save_resolved_config
+from common.config import config_to_dict, parse, save_resolved_config
 from common.dataset import DatasetWriter
 from common.envs import EnvConfig, env_spec
 from common.envs.distractors import check_config
@@ -41,7 +43,7 @@ class CollectConfig:
     redis_url: str | None = field(default=None, metadata={"help": "Redis URL with credentials; default: $MASKLAM_REDIS_URL or a private embedded server"})
     ray_address: str | None = field(default=None, metadata={"help": "Ray cluster to join ('auto' on a ray-up head); default: local Ray"})
     check_batch: int = field(default=256, metadata={"help": "transitions sampled back at the end to check the round trip"})
-    env: EnvConfig = field(default_factory=EnvConfig)
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
@@ -52,8 +54,8 @@ def drain_new_chunks(replay: ReplayClient, writer: DatasetWriter, last_id: int) 
         for chunk_id in ids:
             blob = replay.get_chunk_blob(chunk_id)
             if blob is None:
-                raise RuntimeError(f"chunk {chunk_id} was evicted before it was saved; raise --capacity-chunks "
-                                   "or --capacity-bytes so the replay holds the whole collection")
+                raise RuntimeError(f"chunk {chunk_id} was evicted before it was saved; raise --replay.capacity-chunks "
+                                   "or --replay.capacity-bytes so the replay holds the whole collection")
             writer.append_blob(blob)
             last_id = chunk_id
     return last_id
@@ -135,7 +137,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(CollectConfig, argv)
+    config = parse(CollectConfig, argv, "python -m actors.collect")
     if config.num_actors < 1 or config.total_env_steps < 1:
         raise ConfigError("--num-actors and --total-env-steps must be at least 1", "pass positive numbers")
     with config_errors("see python -m actors.collect --help"):

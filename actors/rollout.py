@@ -49,8 +49,8 @@ class ActorConfig:
     envs_per_actor: int = field(default=1, metadata={"help": "envs stepped by each actor"})
     chunk_length: int = field(default=32, metadata={"help": "steps per chunk (T); T+1 frames"})
     policy: Literal["random", "expert", "latent"] = field(default="random", metadata={
-        "help": "behaviour policy: random (AR(1)), expert (state-based, from --expert-dir), latent (published pixel "
-                "policy; --initial-policy until the first weights)"})
+        "help": "behaviour policy: random (AR(1)), expert (state-based, from --actor.expert-dir), latent (published "
+                "pixel policy; --actor.initial-policy until the first weights)"})
     initial_policy: Literal["random", "expert"] = field(default="random", metadata={
         "help": "what a latent-policy actor acts with before it has weights"})
     action_correlation: float = field(default=0.8, metadata={"help": "AR(1) correlation of random actions (0 = iid)"})
@@ -161,7 +161,7 @@ class RolloutWorker:
     def set_weights(self, blob: bytes, version: int | None = None) -> int:
         """Act with newly published pixel-policy weights from now on; returns their version."""
         if not isinstance(self.policy, PixelPolicyBehaviour):
-            raise TypeError(f"a {self.config.policy!r}-policy actor takes no weights; use --policy latent")
+            raise TypeError(f"a {self.config.policy!r}-policy actor takes no weights; use --actor.policy latent")
         self.policy_version = self.policy.load(blob, version)
         return self.policy_version
 

@@ -17,15 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import ray
+import tyro
 
 from actors.rollout import ActorConfig, RolloutActor, RolloutWorker, env_seed
 from benchmarks.report import write_report
 from common.cluster import init_ray
 from common.codec import decode_chunk
-from common.config import parse_config
+from common.config import parse
 from common.envs import EnvConfig, make_env
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig, connect
 
@@ -40,7 +42,7 @@ class RolloutBenchConfig:
     window: int = field(default=4, metadata={"help": "frames per sampled transition (3-frame stack + next)"})
     replay_chunks: int = field(default=300, metadata={"help": "chunks inserted for the replay figures"})
     repeats: int = field(default=20, metadata={"help": "timed repetitions of each replay measurement"})
-    env: EnvConfig = field(default_factory=EnvConfig)
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
 
 
@@ -145,7 +147,7 @@ def redis_benchmark(server: EmbeddedRedis, value_bytes: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(RolloutBenchConfig, argv)
+    config = parse(RolloutBenchConfig, argv, "python -m benchmarks.rollout")
     out = Path(config.out)
     figures: dict = {"env_id": config.env.env_id, "distractor": config.env.distractor,
                      "image_size": config.env.image_size}

@@ -27,14 +27,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+import tyro
 
 from actors.rollout import ActorConfig, RolloutWorker
 from benchmarks.report import write_report
 from common.codec import Chunk, decode_chunk
-from common.config import parse_config
+from common.config import parse
 from common.envs import EnvConfig
 from common.metrics import Metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
@@ -64,7 +65,7 @@ class SegmenterBenchConfig:
     device: str = field(default="cpu", metadata={"help": "torch device of the sam and student backends"})
     torch_threads: int = field(default=1, metadata={
         "help": "torch CPU threads (0 = one per core; 1 is fastest when other jobs share the cores)"})
-    env: EnvConfig = field(default_factory=EnvConfig)
+    env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
 
 
@@ -157,7 +158,7 @@ def bench_sam(config: SegmenterBenchConfig, url: str, held_out: list[Chunk]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(SegmenterBenchConfig, argv)
+    config = parse(SegmenterBenchConfig, argv, "python -m benchmarks.segmenter")
     out = Path(config.out)
     batch_sizes = [int(b) for b in config.batch_sizes.split(",")]
     figures: dict = {"env_id": config.env.env_id, "distractor": config.env.distractor,

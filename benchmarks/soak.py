@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from common.config import parse_config, save_resolved_config
+from common.config import parse, save_resolved_config
 from common.processes import command_line, process_tree, rss_bytes
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 
@@ -91,8 +91,8 @@ def soak(config: SoakConfig) -> dict:
     replay_config = ReplayConfig(run_name="soak", capacity_chunks=config.capacity_chunks,
                                  capacity_bytes=config.capacity_bytes)
     command = [sys.executable, "-m", "learner.main", "--num-actors", str(config.actors), "--out", str(out_dir / "run"),
-               "--run-name", "soak", "--capacity-chunks", str(config.capacity_chunks),
-               "--capacity-bytes", str(config.capacity_bytes), "--total-env-steps", "none",
+               "--replay.run-name", "soak", "--replay.capacity-chunks", str(config.capacity_chunks),
+               "--replay.capacity-bytes", str(config.capacity_bytes), "--total-env-steps", "none",
                "--max-minutes", str(config.warmup_minutes + config.minutes + 5), "--metrics-port", "0",
                *config.learner_args.split()]
     log_path = out_dir / "learner.log"
@@ -166,7 +166,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(SoakConfig, argv, description=SoakConfig.__doc__)
+    config = parse(SoakConfig, argv, "python -m benchmarks.soak")
     result = soak(config)
     print_table(result)
     out = Path(config.out)

@@ -28,12 +28,12 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from benchmarks.rollout import bare_steps_per_s
-from common.config import parse_config
+from common.config import parse
 from common.envs import EnvConfig
 from common.metrics import scrape_metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
-from learner.main import preset_defaults
+from learner.main import defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,9 @@ class SystemBenchConfig:
     warmup_timeout_s: float = field(default=300.0, metadata={"help": "longest wait for the first published weights"})
     bare_steps: int = field(default=600, metadata={"help": "decisions of the bare render loop"})
     learner_args: str = field(
-        default="--preset ci --bootstrap-after 100 --bc-updates 100 --decoder-updates 100 --probe-steps 1000 "
-                "--probe-samples 500 --eval-every 1000000 --eval-episodes 1",
+        default="--preset ci --schedule.bootstrap-after 100 --downstream.bc-updates 100 "
+                "--downstream.decoder-updates 100 --probe-steps 1000 --probe-samples 500 "
+                "--schedule.eval-every 1000000 --downstream.eval-episodes 1",
         metadata={"help": "extra learner.main flags (the env settings must match the bare loop's: the ci preset's)"})
 
 
@@ -79,7 +80,7 @@ def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, ser
     run_name, port = f"bench-system-{num_actors}", free_loopback_port()
     replay = ReplayClient(server.url, ReplayConfig(run_name=run_name, capacity_bytes=2**30))
     out = work / f"actors{num_actors}"
-    command = [sys.executable, "-m", "learner.main", "--num-actors", str(num_actors), "--run-name", run_name,
+    command = [sys.executable, "-m", "learner.main", "--num-actors", str(num_actors), "--replay.run-name", run_name,
                "--metrics-port", str(port), "--out", str(out), "--total-env-steps", "none", "--max-minutes", "30",
                *config.learner_args.split()]
     env = {**os.environ, "MASKLAM_REDIS_URL": server.url}
@@ -119,11 +120,11 @@ def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, ser
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(SystemBenchConfig, argv)
+    config = parse(SystemBenchConfig, argv, "python -m benchmarks.system")
     out = Path(config.out)
     cores = os.cpu_count() or 1
     print(f"bare render loop: {config.bare_steps} steps ...", file=sys.stderr)
-    env = preset_defaults("ci").env
+    env = defaults("ci", "masklam").env
     bare = bare_steps_per_s(env, config.bare_steps, seed=0)
     figures: dict = {"env": dataclasses.asdict(env), "cores": cores, "bare_steps_per_s": bare,
                      "bare_steps_per_s_x_cores": bare * cores, "load_average_at_start": os.getloadavg(), "runs": []}

@@ -2,8 +2,8 @@
 
 A `ConfigError` says what is wrong and how to fix it. `run_main` runs a command's
 `main`, prints a ConfigError as `error: <what> — <how to fix>` on stderr and exits with
-status 2; any other exception is a bug and keeps its traceback. `ArgumentParser` gives
-argparse's own errors (an unknown flag, a bad choice) the same one-line form.
+status 2; any other exception is a bug and keeps its traceback. `common.config.parse`
+raises a ConfigError for a wrong flag or value, so those end in the same one line.
 
     if __name__ == "__main__":
         sys.exit(run_main(main))
@@ -11,13 +11,11 @@ argparse's own errors (an unknown flag, a bad choice) the same one-line form.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn
 
-CONFIG_ERROR_STATUS = 2  # argparse's status for usage errors
+CONFIG_ERROR_STATUS = 2  # the status of usage errors (argparse's, tyro's)
 
 
 class ConfigError(Exception):
@@ -29,14 +27,6 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return f"{self.what} — {self.fix}" if self.fix else self.what
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), still exiting with status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {ConfigError(message, f'see {self.prog} --help')}", file=sys.stderr)
-        sys.exit(CONFIG_ERROR_STATUS)
 
 
 @contextlib.contextmanager

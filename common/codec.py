@@ -65,7 +65,7 @@ def check_blob_size(nbytes: int, max_bytes: int = MAX_BLOB_BYTES) -> None:
     """Refuse a blob over `max_bytes` with a message that says how to make chunks smaller."""
     if nbytes > max_bytes:
         raise ChunkTooLarge(f"chunk blob is {nbytes} bytes, over the {max_bytes}-byte limit; lower the chunk "
-                            "length or frame size, or raise --max-chunk-bytes")
+                            "length or frame size, or raise --replay.max-chunk-bytes")
 
 
 @dataclass

@@ -108,7 +108,7 @@ class CompareConfig:
         "help": "who acts in the datasets: the committed expert (needed for returns) or iid uniform random actions"})
     data_action_noise: float = field(default=0.1, metadata={"help": "std of Gaussian noise on the expert's actions"})
     expert_dir: str = field(default="models/experts", metadata={"help": "folder of committed experts"})
-    device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda; auto = GPU if visible)"})
+    device: str = field(default="cpu", metadata={"help": "torch device for training (cpu, cuda; auto: GPU if any)"})
     redis_url: str | None = field(default=None, metadata={"help": "Redis for collection; default: embedded"})
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     lam: LAMFamilyConfig = field(default_factory=LAMFamilyConfig)

@@ -60,7 +60,8 @@ class DownstreamConfig:
     def budgets(self) -> list[int]:
         values = [int(b) for b in self.label_budgets.split(",") if b.strip()]
         if not values or min(values) <= 0:
-            raise ValueError(f"--downstream.label-budgets must list positive transition counts, got {self.label_budgets!r}")
+            raise ValueError(f"--downstream.label-budgets must list positive transition counts, "
+                             f"got {self.label_budgets!r}")
         return values
 
 

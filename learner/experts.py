@@ -15,13 +15,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 from common.checkpoint import write_checkpoint
 from common.cli import ConfigError, config_errors, run_main
-from common.config import parse_config, save_resolved_config
+from common.config import parse, save_resolved_config
 from common.envs.pixels import PixelMujocoEnv, task_view
 from common.nets import TanhGaussianActor
 from common.progress import Progress
@@ -34,7 +36,8 @@ GYM_STEPS_PER_EPISODE = 1000
 class ExpertConfig:
     """Train a SAC expert from proprioceptive state."""
 
-    env_id: str = field(default="HalfCheetah-v5", metadata={"help": "Gymnasium MuJoCo v5 task", "flag": "env"})
+    env_id: Annotated[str, tyro.conf.arg(name="env")] = field(default="HalfCheetah-v5", metadata={
+        "help": "Gymnasium MuJoCo v5 task"})
     action_repeat: int = field(default=0, metadata={"help": "gym steps per decision; 0 = the pixel env's task default"})
     total_steps: int = field(default=300_000, metadata={"help": "decisions to train for"})
     learning_starts: int = field(default=5_000, metadata={"help": "random decisions before the first update"})
@@ -175,7 +178,7 @@ def load_expert(env_id: str, action_repeat: int, directory: str | Path = "models
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(ExpertConfig, argv)
+    config = parse(ExpertConfig, argv, "python -m learner.experts")
     with config_errors("see python -m learner.experts --help"):
         task_view(config.env_id)
     summary = train_expert(config)

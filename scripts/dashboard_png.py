@@ -12,7 +12,6 @@ dashboard in the README.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, Formatter, PercentFormatter, ScalarFormatter  # noqa: E402
+
+from common.cli import run_main  # noqa: E402
+from common.config import parse  # noqa: E402
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "masklam.json"
 GRID_COLUMNS = 24  # Grafana's grid
@@ -123,13 +125,18 @@ def draw(dashboard: dict, panels: dict[int, list[Series]], start: float, end: fl
     plt.close(fig)
 
 
+@dataclass
+class DashboardPngConfig:
+    """The Grafana dashboard's panels, plotted from a running Prometheus into a PNG."""
+
+    prometheus: str = field(default="http://127.0.0.1:9090", metadata={"help": "Prometheus base URL"})
+    minutes: float = field(default=30.0, metadata={"help": "time window to plot, ending now"})
+    dashboard: Path = field(default=DASHBOARD, metadata={"help": "Grafana dashboard JSON"})
+    out: Path = field(default=Path("docs/dashboard.png"), metadata={"help": "PNG to write"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
-    parser.add_argument("--minutes", type=float, default=30.0, help="time window to plot, ending now")
-    parser.add_argument("--dashboard", type=Path, default=DASHBOARD, help="Grafana dashboard JSON")
-    parser.add_argument("--out", type=Path, default=Path("docs/dashboard.png"), help="PNG to write")
-    args = parser.parse_args(argv)
+    args = parse(DashboardPngConfig, argv, "scripts/dashboard_png.py")
     dashboard = json.loads(args.dashboard.read_text())
     end = time.time()
     start = end - args.minutes * 60
@@ -146,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

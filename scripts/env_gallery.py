@@ -9,13 +9,15 @@ agent coverage (mean mask fraction) per task, the figure the camera framing is t
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.envs import EnvConfig, make_env  # noqa: E402  (sets MUJOCO_GL before mujoco loads)
+from common.cli import run_main  # noqa: E402
+from common.config import parse  # noqa: E402
 
 import matplotlib  # noqa: E402
 
@@ -64,13 +66,18 @@ def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return tinted.astype(np.uint8)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/env_gallery.png")
-    parser.add_argument("--background-dir", default=None, help="also show the video mode with these clips")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+@dataclass
+class GalleryConfig:
+    """Look at the envs: a PNG grid of frames and agent masks per task and distractor mode."""
+
+    out: str = "docs/env_gallery.png"
+    background_dir: str | None = field(default=None, metadata={"help": "also show the video mode with these clips"})
+    image_size: int = 64
+    seed: int = 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(GalleryConfig, argv, "scripts/env_gallery.py")
 
     modes = ["none", "exogenous", "correlated"] + (["video"] if args.background_dir else [])
     times = [0, 4, 8, 12]
@@ -97,7 +104,8 @@ def main() -> None:
     print(f"\n{'task':<16} agent coverage ({args.image_size}x{args.image_size}, 200 random decisions)")
     for task in TASKS:
         print(f"{task:<16} {100 * coverage(task, args.image_size):5.1f} %")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -1,9 +1,16 @@
-"""The segmenter's settings: the service's own, plus each backend's and the imperfection knobs."""
+"""The segmenter's settings: the service's own, plus each backend's and the imperfection knobs.
+
+On the command line the backend is `--segmenter`, the backends' fields (already named
+`sam_*`, `student_*`) sit in the segmenter's own group (`--segmenter.sam-checkpoint`), and
+the imperfection knobs in theirs (`--segmenter.imperfection.mask-radius`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from segmenter.backends.sam import SamConfig
 from segmenter.backends.student import StudentConfig
@@ -14,8 +21,9 @@ from segmenter.imperfection import ImperfectionConfig
 class SegmenterConfig:
     """How one segmenter instance reads, batches and segments (every instance of a run alike)."""
 
-    backend: Literal["oracle", "sam", "student"] = field(default="oracle", metadata={
-        "help": "mask source: the chunk's ground truth, Segment Anything, or a student trained online"})
+    backend: Annotated[Literal["oracle", "sam", "student"], tyro.conf.arg(name="segmenter", prefix_name=False)] = field(
+        default="oracle",
+        metadata={"help": "mask source: the chunk's ground truth, Segment Anything, or a student trained online"})
     batch_frames: int = field(default=256, metadata={
         "help": "frames per backend batch; a batch holds whole chunks and closes once it has this many"})
     max_wait_ms: int = field(default=200, metadata={"help": "longest a partial batch waits for more chunks"})
@@ -31,5 +39,5 @@ class SegmenterConfig:
         "help": "torch CPU threads of this process (0 = torch's default, one per core; 1 is fastest on busy cores)"})
     seed: int = field(default=0, metadata={"help": "seed of the student and the imperfection knobs"})
     imperfection: ImperfectionConfig = field(default_factory=ImperfectionConfig)
-    sam: SamConfig = field(default_factory=SamConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+    sam: Annotated[SamConfig, tyro.conf.arg(name="")] = field(default_factory=SamConfig)
+    student: Annotated[StudentConfig, tyro.conf.arg(name="")] = field(default_factory=StudentConfig)

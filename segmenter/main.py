@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.cli import ConfigError, run_main
-from common.config import parse_config, save_resolved_config
+from common.config import parse, save_resolved_config
 from common.metrics import Metrics
 from common.replay import ReplayConfig
 from common.replay.redis_server import REDIS_URL_ENV
@@ -46,7 +46,7 @@ class SegmenterMainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = parse_config(SegmenterMainConfig, argv)
+    config = parse(SegmenterMainConfig, argv, "python -m segmenter.main")
     url = config.redis_url or os.environ.get(REDIS_URL_ENV)
     if not url:
         raise ConfigError("the segmenter has no replay to serve",

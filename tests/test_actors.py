@@ -79,7 +79,7 @@ def test_collect_command_writes_summary_config_and_dataset(tmp_path):
     env.pop("MASKLAM_REDIS_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "actors.collect", "--num-actors", "2", "--total-env-steps", "120",
-         "--env", "HalfCheetah-v5", "--distractor", "exogenous", "--chunk-length", "16", "--check-batch", "32",
+         "--env", "HalfCheetah-v5", "--distractor", "exogenous", "--actor.chunk-length", "16", "--check-batch", "32",
          "--save-dataset", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -18,9 +18,9 @@ PLOTS = ("loss_curves.png", "probe_curves.png", "probe_nmse.png", "predictions.p
 
 def test_preset_sets_defaults_and_flags_override_them():
     ci = parse_compare_config(["--preset", "ci"])
-    assert ci.env.image_size == 32 and ci.env.action_repeat == 3 and ci.batch_size == 32
-    paper = parse_compare_config(["--preset", "paper", "--updates", "7", "--env", "Hopper-v5"])
-    assert paper.env.image_size == 64 and paper.batch_size == 512 and paper.updates == 7
+    assert ci.env.image_size == 32 and ci.env.action_repeat == 3 and ci.lam.optim.batch_size == 32
+    paper = parse_compare_config(["--preset", "paper", "--lam.optim.updates", "7", "--env", "Hopper-v5"])
+    assert paper.env.image_size == 64 and paper.lam.optim.batch_size == 512 and paper.lam.optim.updates == 7
     assert paper.env.env_id == "Hopper-v5"
 
 
@@ -30,9 +30,10 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path, redis_server):
                               eval_every=60, eval_episodes=1, out=str(experts)))
     argv = ["--env", "HalfCheetah-v5", "--distractor", "correlated", "--methods", "lapo,masklam", "--seeds", "2",
             "--preset", "ci", "--out", str(out), "--data-dir", str(data), "--image-size", "16", "--render-size", "32",
-            "--train-steps", "70", "--heldout-steps", "70", "--updates", "3", "--eval-every", "2", "--batch-size", "4",
-            "--expert-dir", str(experts), "--bc-updates", "3", "--decoder-updates", "3", "--label-budgets", "10,40",
-            "--eval-episodes", "2", "--max-episode-steps", "20", "--redis-url", redis_server.url]
+            "--train-steps", "70", "--heldout-steps", "70", "--lam.optim.updates", "3", "--eval-every", "2",
+            "--lam.optim.batch-size", "4", "--expert-dir", str(experts), "--downstream.bc-updates", "3",
+            "--downstream.decoder-updates", "3", "--downstream.label-budgets", "10,40", "--downstream.eval-episodes", "2",
+            "--max-episode-steps", "20", "--redis-url", redis_server.url]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"methods", "config"}

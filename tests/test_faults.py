@@ -144,8 +144,8 @@ def test_segmenter_process_survives_a_redis_restart_and_logs_no_secret(persisten
     out = tmp_path / "seg"
     env = {**os.environ, "MASKLAM_REDIS_URL": persistent_redis.url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "segmenter.main", "--run-name", "segout", "--poll-ms", "100", "--max-wait-ms", "50",
-         "--outage-deadline-s", "60", "--out", str(out)],
+        [sys.executable, "-m", "segmenter.main", "--replay.run-name", "segout", "--segmenter.poll-ms", "100",
+         "--segmenter.max-wait-ms", "50", "--replay.outage-deadline-s", "60", "--out", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert replay.wait_for(lambda s: s.ready_chunks == 4, timeout_s=120), "the segmenter never started"
@@ -405,13 +405,13 @@ CONFIG_ERRORS = {
     "unknown env": (["actors.collect", "--env", "NoSuchEnv-v5"], "unsupported env id"),
     "bad choice": (["actors.collect", "--distractor", "rain"], "invalid choice"),
     "bad value": (["actors.collect", "--num-actors", "0"], "at least 1"),
-    "bad type": (["segmenter.main", "--batch-frames", "many"], "invalid int value"),
+    "bad type": (["segmenter.main", "--segmenter.batch-frames", "many"], "Error parsing --segmenter.batch-frames"),
     "wrong password": (["actors.collect", "--redis-url", "{wrong_password}"], "refused our credentials"),
     "unreachable": (["actors.collect", "--redis-url", "redis://:pw@127.0.0.1:{free_port}/0",
-                     "--connect-timeout-s", "1"], "stayed unreachable"),
-    "missing checkpoint": (["segmenter.main", "--backend", "sam", "--sam-checkpoint", "/nonexistent/sam.pth"],
+                     "--replay.connect-timeout-s", "1"], "stayed unreachable"),
+    "missing checkpoint": (["segmenter.main", "--segmenter", "sam", "--segmenter.sam-checkpoint", "/no/sam.pth"],
                            "does not exist"),
-    "unreadable checkpoint": (["segmenter.main", "--backend", "sam", "--sam-checkpoint", "{garbage}"],
+    "unreadable checkpoint": (["segmenter.main", "--segmenter", "sam", "--segmenter.sam-checkpoint", "{garbage}"],
                               "could not be read"),
     "no replay": (["segmenter.main", "--redis-url", ""], "no replay to serve"),
     "expert env": (["learner.experts", "--env", "NoSuchEnv-v5"], "unsupported env id"),
@@ -422,7 +422,7 @@ CONFIG_ERRORS = {
     "learner checkpoint": (["learner.main", "--resume", "--out", "{garbage_run}"], "could not be read"),
     "learner password": (["learner.main", "--metrics-port", "0", "--redis-url", "{wrong_password}"],
                          "refused our credentials"),
-    "learner segmenter": (["learner.main", "--segmenter", "sam"], "needs --sam-checkpoint"),
+    "learner segmenter": (["learner.main", "--segmenter", "sam"], "needs --segmenter.sam-checkpoint"),
 }
 
 
@@ -479,7 +479,7 @@ def test_an_unprotected_redis_on_the_network_is_refused_unless_allowed(tmp_path)
         result = subprocess.run([sys.executable, "-m", "actors.collect", "--redis-url", url, "--out",
                                  str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and result.stderr.count("\n") == 1
-        assert result.stderr.startswith("error: ") and "--allow-insecure-redis" in result.stderr
+        assert result.stderr.startswith("error: ") and "--replay.allow-insecure-redis" in result.stderr
     finally:
         server.kill()
         server.wait()

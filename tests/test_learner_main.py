@@ -32,10 +32,11 @@ from learner.loop import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "ci", "--num-actors", "4", "--segmenter", "oracle", "--image-size", "16", "--render-size", "32",
-        "--max-episode-steps", "60", "--chunk-length", "16", "--probe-steps", "400", "--probe-samples", "300",
-        "--min-ready-steps", "300", "--bootstrap-after", "20", "--bootstrap-steps", "1000", "--bc-updates", "20",
-        "--decoder-updates", "20", "--label-budgets", "400", "--publish-every", "5", "--probe-every", "40",
-        "--eval-every", "100", "--eval-episodes", "1", "--checkpoint-minutes", "0.25"]
+        "--max-episode-steps", "60", "--actor.chunk-length", "16", "--probe-steps", "400", "--probe-samples", "300",
+        "--limiter.min-ready-steps", "300", "--schedule.bootstrap-after", "20", "--schedule.bootstrap-steps", "1000",
+        "--schedule.publish-every", "5", "--schedule.probe-every", "40", "--schedule.eval-every", "100",
+        "--schedule.checkpoint-minutes", "0.25", "--downstream.bc-updates", "20", "--downstream.decoder-updates", "20",
+        "--downstream.label-budgets", "400", "--downstream.eval-episodes", "1"]
 
 
 def test_actor_picks_up_published_weights_between_calls(redis_server, replay_factory):
@@ -122,7 +123,7 @@ def _check_replay_whole(replay: ReplayClient) -> dict[int, set[str]]:
 def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_resumes(redis_server, tmp_path,
                                                                                      probe_data):
     out, port = tmp_path / "run", free_loopback_port()
-    common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", f"learner-{port}"]
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", f"learner-{port}"]
     scraped: dict[str, float] = {}
     killed: list[int] = []
     with _learner([*common, "--metrics-port", str(port), "--max-minutes", "1.0", "--total-env-steps", "none"],
@@ -181,8 +182,8 @@ def test_a_killed_learner_resumes_from_its_last_checkpoint(redis_server, tmp_pat
     optimiser state (its step count goes on), and every chunk of both sessions is whole."""
     out, log, run_name = tmp_path / "run", tmp_path / "first.log", f"killed-{free_loopback_port()}"
     checkpoint = out / "checkpoint.pt"
-    common = ["--out", str(out), "--data-dir", str(probe_data), "--run-name", run_name, "--metrics-port", "0",
-              "--checkpoint-minutes", "0.1"]
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", run_name, "--metrics-port", "0",
+              "--schedule.checkpoint-minutes", "0.1"]
     with _learner([*common, "--max-minutes", "3", "--total-env-steps", "none"], redis_server.url, log) as first:
         deadline = time.monotonic() + 300
         while not (checkpoint.is_file() and read_checkpoint(checkpoint)["counters"]["weights_version"] >= 1):

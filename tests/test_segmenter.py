@@ -134,8 +134,8 @@ def test_a_killed_instance_leaves_its_batch_to_be_claimed_and_finished(redis_ser
     replay.redis.xgroup_create(replay.keys.to_segment, "segmenter", id="0")
     env = {**os.environ, "MASKLAM_REDIS_URL": redis_server.url}
     victim = subprocess.Popen(
-        [sys.executable, "-m", "segmenter.main", "--run-name", replay.config.run_name,
-         "--batch-frames", "100000", "--max-wait-ms", "600000", "--poll-ms", "100"],
+        [sys.executable, "-m", "segmenter.main", "--replay.run-name", replay.config.run_name,
+         "--segmenter.batch-frames", "100000", "--segmenter.max-wait-ms", "600000", "--segmenter.poll-ms", "100"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120  # start-up imports torch and segment-anything
@@ -215,12 +215,13 @@ def test_cli_needs_a_replay_and_writes_its_config_without_the_password(redis_ser
                                                                       monkeypatch):
     monkeypatch.delenv("MASKLAM_REDIS_URL", raising=False)
     with pytest.raises(ConfigError, match="no replay to serve"):
-        segmenter_main(["--run-name", "x"])
+        segmenter_main(["--replay.run-name", "x"])
     replay = replay_factory()
     insert_chunks(replay, 3)
     out = tmp_path / "seg"
-    assert segmenter_main(["--redis-url", redis_server.url, "--run-name", replay.config.run_name,
-                           "--stop-when-idle", "--max-seconds", "30", "--poll-ms", "50", "--out", str(out)]) == 0
+    assert segmenter_main(["--redis-url", redis_server.url, "--replay.run-name", replay.config.run_name,
+                           "--stop-when-idle", "--max-seconds", "30", "--segmenter.poll-ms", "50",
+                           "--out", str(out)]) == 0
     written = (out / "config.json").read_text()
     assert redis_server.password not in written
     config = json.loads(written)

@@ -130,12 +130,14 @@ class ReplayClient:
         c = self.config
         if c.capacity_chunks < 1 or c.capacity_bytes < 1 or c.dead_letter_cap < 1:
             raise ConfigError("replay capacities and the dead-letter cap must be positive",
-                              "set --capacity-chunks, --capacity-bytes and --dead-letter-cap to 1 or more")
+                              "set --replay.capacity-chunks, --replay.capacity-bytes and --replay.dead-letter-cap "
+                              "to 1 or more")
         if not 0 < c.max_chunk_bytes <= MAX_BLOB_BYTES:
-            raise ConfigError(f"--max-chunk-bytes {c.max_chunk_bytes} is out of range",
+            raise ConfigError(f"--replay.max-chunk-bytes {c.max_chunk_bytes} is out of range",
                               f"choose 1 .. {MAX_BLOB_BYTES}")
         if c.outage_deadline_s < 0 or c.connect_timeout_s < 0:
-            raise ConfigError("--outage-deadline-s and --connect-timeout-s must be >= 0", "pass 0 or more seconds")
+            raise ConfigError("--replay.outage-deadline-s and --replay.connect-timeout-s must be >= 0",
+                              "pass 0 or more seconds")
 
     def call(self, op: Callable[..., R], *args, **kwargs) -> R:
         """Run one Redis operation of this run (safe to repeat), waiting out outages."""
@@ -175,7 +177,7 @@ class ReplayClient:
             args=[cid, blob, meta, info, size, chunk.num_steps, int(segment), masks, f"{h}:{w}", chunk.actor_id])
         if isinstance(stored, bytes):
             raise ChunkDecodeError(f"chunk frames are {h}x{w}, this run's are {stored.decode().replace(':', 'x')}; "
-                                   "one run must use one frame size (start a new --run-name)")
+                                   "one run must use one frame size (start a new --replay.run-name)")
         self.guard.call(self._evict_over_capacity)
         return cid
 

@@ -1,7 +1,7 @@
 """Checks a replay client makes before it uses a Redis: who can reach it, and its memory cap.
 
 * Access: a Redis that answers without a password is used only on a loopback address
-  (or a unix socket), unless the user says `--allow-insecure-redis`: anyone who can
+  (or a unix socket), unless the user says `--replay.allow-insecure-redis`: anyone who can
   reach it could read the run or plant data in it.
 * Memory: Redis must never refuse a write or drop a key because of its own memory cap.
   The replay evicts by its own FIFO policy at `capacity_bytes`, so Redis's `maxmemory`
@@ -78,7 +78,7 @@ def check_access(url: str, allow_insecure: bool) -> None:
     raise ConfigError(f"the Redis at {redact_url(url)} answers without a password on a non-loopback address, "
                       "where anyone who can reach it can read or plant replay data",
                       "start it with requirepass and put the password in the URL (redis://:PASSWORD@HOST:PORT/DB), "
-                      "or pass --allow-insecure-redis on a network you trust")
+                      "or pass --replay.allow-insecure-redis on a network you trust")
 
 
 def check_memory(client: redis.Redis, capacity_bytes: int, where: str) -> None:
@@ -90,8 +90,8 @@ def check_memory(client: redis.Redis, capacity_bytes: int, where: str) -> None:
     needed = required_maxmemory(capacity_bytes)
     if maxmemory < needed:
         raise ConfigError(f"the Redis at {where} has maxmemory {maxmemory} bytes, below the {needed} bytes a "
-                          f"replay of --capacity-bytes {capacity_bytes} needs with headroom",
-                          f"raise its maxmemory to at least {needed} (or 0), or lower --capacity-bytes")
+                          f"replay of --replay.capacity-bytes {capacity_bytes} needs with headroom",
+                          f"raise its maxmemory to at least {needed} (or 0), or lower --replay.capacity-bytes")
     if policy.startswith("allkeys"):
         raise ConfigError(f"the Redis at {where} has maxmemory-policy {policy}, which would silently drop "
                           "replay keys", "set maxmemory-policy noeviction (the replay evicts by its own FIFO policy)")

@@ -1,9 +1,9 @@
 """LAM settings: network sizes, the method's switches, the optimisation; and their presets.
 
 `MethodConfig` holds every switch of DESIGN.md section 5, so LAPO, MaskLAM-loss-only and
-MaskLAM-as-the-authors-ran-it are three points in one space (`METHODS`). `PRESETS` fix
-the network and optimisation size: `paper` as the authors' released configuration
-(METHOD-FACTS.md), `ci` small enough to train in minutes on two CPU cores.
+MaskLAM-as-the-authors-ran-it are three points in one space (`METHODS`). The presets
+(learner/presets.py) fix the network and optimisation size: `paper` as the authors'
+released configuration (METHOD-FACTS.md), `ci` small enough to train in minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from learner import presets
 
 
 @dataclass
@@ -80,20 +82,10 @@ METHODS: dict[str, MethodConfig] = {
                                   max_future_offset=9),
 }
 
-PRESETS: dict[str, LAMConfig] = {
-    "ci": LAMConfig(ModelConfig(idm_scale=1, fdm_scale=1, latent_dim=32, frame_diff=True),
-                    optim=OptimConfig(batch_size=32, lr=1e-3, updates=4_000)),
-    "paper": LAMConfig(ModelConfig(idm_scale=4, fdm_scale=6, latent_dim=128, frame_diff=False),
-                       optim=OptimConfig(batch_size=512, lr=6e-4, updates=35_000)),
-}
-
-
 def lam_config(preset: str, method: str, **optim_overrides) -> LAMConfig:
     """The preset's networks and optimisation with the method's switches."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    base = PRESETS[preset]
-    return LAMConfig(model=dataclasses.replace(base.model), method=dataclasses.replace(METHODS[method]),
-                     optim=dataclasses.replace(base.optim, **optim_overrides))
+    row = presets.preset(preset, "lam")
+    return LAMConfig(model=ModelConfig(**row["model"]), method=dataclasses.replace(METHODS[method]),
+                     optim=OptimConfig(**{**row["optim"], **optim_overrides}))

@@ -2,7 +2,7 @@
 
 LAOM (Nikulin et al., 2025) and LAOM-Labels are two points in one space (`METHODS`), as
 are the masked variants that carry MaskLAM's idea into LAOM's latent-space objective.
-`PRESETS` fix the sizes: `paper` as the authors' released configuration (METHOD-FACTS.md,
+The presets (learner/presets.py) fix the sizes: `paper` as the authors' released configuration (METHOD-FACTS.md,
 and their reference code where the paper is silent), `ci` small enough to train at a few
 updates/s on two CPU cores at 32 px.
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from learner import presets
 
 
 @dataclass
@@ -99,31 +101,11 @@ METHODS: dict[str, LAOMMethodConfig] = {
     "laom-mask-input": LAOMMethodConfig(target_masking="input"),
 }
 
-PRESETS: dict[str, LAOMConfig] = {
-    # 32 px, 3.3 M parameters (mostly the MLP heads; the encoder is the LAM IDM's size), a shorter EMA
-    # horizon and a larger lr for the 4k-update budget, labelled batches half the batch.
-    "ci": LAOMConfig(LAOMModelConfig(encoder_scale=1, num_blocks=2, latent_dim=256, head_dim=256, head_depth=2),
-                     LAOMMethodConfig(label_budget=1_000),
-                     LAOMOptimConfig(batch_size=32, lr=5e-4, updates=4_000, warmup=0.1, target_tau=0.005,
-                                     label_batch_size=16)),
-    # The authors' configuration: encoder scale 6 (96/192/192), 2 residual blocks, 8192-d latent,
-    # 1024-wide heads of 3 blocks, batch 512, lr 1e-4, warm-up 3 of 10 epochs, tau 0.001,
-    # labelled batches of 128 with coefficient 0.001; label budget 2.5 % of the compare
-    # preset's 500k training decisions (their 128 of 5k trajectories).
-    "paper": LAOMConfig(LAOMModelConfig(encoder_scale=6, num_blocks=2, latent_dim=8192, head_dim=1024, head_depth=3),
-                        LAOMMethodConfig(label_budget=12_500),
-                        LAOMOptimConfig(batch_size=512, lr=1e-4, updates=35_000, warmup=0.3, target_tau=0.001,
-                                        label_batch_size=128)),
-}
-
-
 def laom_config(preset: str, method: str, **optim_overrides) -> LAOMConfig:
     """The preset's networks and optimisation with the method's switches (the preset's label budget)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    base = PRESETS[preset]
-    return LAOMConfig(model=dataclasses.replace(base.model),
-                      method=dataclasses.replace(METHODS[method], label_budget=base.method.label_budget),
-                      optim=dataclasses.replace(base.optim, **optim_overrides))
+    row = presets.preset(preset, "laom")
+    return LAOMConfig(model=LAOMModelConfig(**row["model"]),
+                      method=dataclasses.replace(METHODS[method], **row["method"]),
+                      optim=LAOMOptimConfig(**{**row["optim"], **optim_overrides}))

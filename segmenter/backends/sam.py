@@ -31,7 +31,7 @@ class SamConfig:
     """Segment Anything: which model, and how it is prompted."""
 
     sam_checkpoint: str | None = field(default=None, metadata={
-        "help": f"SAM checkpoint file matching --sam-model-type (from {CHECKPOINTS_URL})"})
+        "help": f"SAM checkpoint file matching --segmenter.sam-model-type (from {CHECKPOINTS_URL})"})
     sam_model_type: Literal["vit_b", "vit_l", "vit_h", "tiny"] = field(default="vit_b", metadata={
         "help": "SAM image encoder; 'tiny' is the random-weight test model"})
     sam_encoder_batch: int = field(default=8, metadata={"help": "frames per image-encoder call (GPU memory)"})

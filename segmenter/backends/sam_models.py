@@ -81,7 +81,8 @@ WIDTHS = {**{t: width for t, (_, width) in PUBLISHED.items()}, "tiny": TINY_SAM.
 
 def _explain(model_type: str) -> str:
     expected = f"the {PUBLISHED[model_type][0]} file" if model_type in PUBLISHED else "a checkpoint of this type"
-    return (f"--sam-model-type {model_type} needs {expected}; SAM checkpoints are published at {CHECKPOINTS_URL} "
+    return (f"--segmenter.sam-model-type {model_type} needs {expected}; SAM checkpoints are published at "
+            f"{CHECKPOINTS_URL} "
             "(vit_b: sam_vit_b_01ec64.pth, vit_l: sam_vit_l_0b3195.pth, vit_h: sam_vit_h_4b8939.pth)")
 
 
@@ -103,7 +104,7 @@ def check_sam_checkpoint(model_type: str, checkpoint: str | None) -> Path:
     if model_type not in BUILDERS:
         raise SamCheckpointError(f"unknown SAM model type {model_type!r}; expected one of {sorted(BUILDERS)}")
     if not checkpoint:
-        raise SamCheckpointError(f"the sam backend needs --sam-checkpoint PATH. {_explain(model_type)}")
+        raise SamCheckpointError(f"the sam backend needs --segmenter.sam-checkpoint PATH. {_explain(model_type)}")
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise SamCheckpointError(f"SAM checkpoint {path} does not exist. {_explain(model_type)}")
@@ -111,7 +112,7 @@ def check_sam_checkpoint(model_type: str, checkpoint: str | None) -> Path:
     if width != WIDTHS[model_type]:
         actual = [t for t, w in WIDTHS.items() if w == width]
         looks = f"it looks like a {actual[0]} checkpoint" if actual else f"its image encoder is {width} wide"
-        raise SamCheckpointError(f"SAM checkpoint {path} does not match --sam-model-type {model_type} "
+        raise SamCheckpointError(f"SAM checkpoint {path} does not match --segmenter.sam-model-type {model_type} "
                                  f"(image encoder {WIDTHS[model_type]} wide): {looks}. {_explain(model_type)}")
     return path
 
