@@ -10,9 +10,10 @@ step), recorded so that we can measure how much of it a latent holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 import numpy as np
+import tyro
 
 DistractorMode = Literal["none", "exogenous", "correlated", "video"]
 Split = Literal["train", "eval"]
@@ -22,7 +23,8 @@ Split = Literal["train", "eval"]
 class EnvConfig:
     """Which task is rendered, how, and behind which distractor."""
 
-    env_id: str = field(default="HalfCheetah-v5", metadata={"help": "Gymnasium MuJoCo v5 task", "flag": "env"})
+    env_id: Annotated[str, tyro.conf.arg(name="env", prefix_name=False)] = field(
+        default="HalfCheetah-v5", metadata={"help": "Gymnasium MuJoCo v5 task"})
     image_size: int = field(default=64, metadata={"help": "side of the frames the models see (pixels)"})
     render_size: int = field(default=64, metadata={"help": "side MuJoCo renders at; area-downsampled to image_size"})
     action_repeat: int = field(default=0, metadata={"help": "env steps per decision; 0 = the task's default"})
