@@ -3,6 +3,7 @@
 A policy sees the observations of all of an actor's envs at once and returns one
 action per env in [-1, 1]^A. `reset(i)` is called when env i starts an episode, so
 policies with memory (temporally correlated noise, frame stacks) can clear it.
+Networks run as validated ONNX graphs with onnxruntime: actors never import torch.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from common.envs import Observation
-from common.latent_policy import FrameStacker, PixelPolicy
-from common.nets import TanhGaussianActor
-from common.weights import WeightsDecodeError, decode_policy
+from common.policy_graph import PolicyGraph
+from common.policy_spec import FrameStacker
+from common.weights import PublishedPolicy, WeightsMismatch, decode_policy
 
 
 class BehaviourPolicy(Protocol):
@@ -55,55 +55,56 @@ class CorrelatedRandomPolicy:
 
 
 class ExpertPolicy:
-    """A state-based expert (learner.experts) acting from proprioceptive state.
+    """A state-based expert (learner.experts) acting from proprioceptive state: its actor's
+    deterministic action, as the graph `common.experts.load_expert_graph` loads.
 
     `noise` > 0 adds Gaussian noise to its deterministic action, for more varied data.
     """
 
-    def __init__(self, actor: TanhGaussianActor, rng: np.random.Generator, noise: float = 0.0):
+    def __init__(self, actor: PolicyGraph, rng: np.random.Generator, noise: float = 0.0):
         self.actor, self.rng, self.noise = actor, rng, noise
 
     def reset(self, env_index: int) -> None:
         pass
 
     def act(self, observations: list[Observation]) -> np.ndarray:
-        states = torch.from_numpy(np.stack([o["state"] for o in observations]).astype(np.float32))
-        with torch.no_grad():
-            actions = self.actor.deterministic(states).numpy()
-        return _with_noise(actions, self.noise, self.rng)
+        states = np.stack([o["state"] for o in observations]).astype(np.float32)
+        return _with_noise(self.actor.run(states=states)["actions"], self.noise, self.rng)
 
 
 class PixelPolicyBehaviour:
     """Acts from frames with a published pixel policy (latent policy + decoder).
 
     Until the first weights arrive it acts with `fallback`; `load(blob)` swaps in new
-    weights (validated: a bad blob raises WeightsDecodeError and keeps the old ones).
+    weights (validated: a bad blob raises a WeightsDecodeError and the old ones stay; the
+    swap is the last thing `load` does).
     """
 
     def __init__(self, num_envs: int, image_size: int, rng: np.random.Generator, fallback: BehaviourPolicy,
                  noise: float = 0.0, action_dim: int | None = None):
         self.rng, self.noise, self.fallback, self.image_size = rng, noise, fallback, image_size
         self.action_dim = action_dim
-        self.policy: PixelPolicy | None = None
+        self.policy: PublishedPolicy | None = None
         self.version = 0
         self.num_envs = num_envs
         self.stacker: FrameStacker | None = None
 
     def load(self, blob: bytes, version: int | None = None) -> int:
         """Act with the weights in `blob` from now on (refused unless they carry `version`, if given)."""
-        carried, policy = decode_policy(blob)
-        if version is not None and carried != version:
-            raise WeightsDecodeError(f"the weights blob carries version {carried}, but was published as {version}")
+        policy = decode_policy(blob)
+        if version is not None and policy.version != version:
+            raise WeightsMismatch(f"the weights blob carries version {policy.version}, but was published as {version}")
         if policy.spec.image_size != self.image_size:
-            raise WeightsDecodeError(f"the published policy sees {policy.spec.image_size}-px frames, this actor's "
-                                     f"env renders {self.image_size}-px; run both with the same --image-size")
+            raise WeightsMismatch(f"the published policy sees {policy.spec.image_size}-px frames, this actor's "
+                                  f"env renders {self.image_size}-px; run both with the same --image-size")
         if self.action_dim is not None and policy.spec.action_dim != self.action_dim:
-            raise WeightsDecodeError(f"the published policy outputs {policy.spec.action_dim} actions, this actor's "
-                                     f"env takes {self.action_dim}; publisher and actor run different envs")
+            raise WeightsMismatch(f"the published policy outputs {policy.spec.action_dim} actions, this actor's "
+                                  f"env takes {self.action_dim}; publisher and actor run different envs")
+        stacker = self.stacker
         if self.policy is None or policy.spec.frames != self.policy.spec.frames:
-            self.stacker = FrameStacker(self.num_envs, policy.spec.frames)
-        self.policy, self.version = policy, carried
-        return carried
+            stacker = FrameStacker(self.num_envs, policy.spec.frames)
+        self.policy, self.version, self.stacker = policy, policy.version, stacker  # the swap, after every check
+        return policy.version
 
     def reset(self, env_index: int) -> None:
         self.fallback.reset(env_index)

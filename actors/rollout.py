@@ -36,6 +36,7 @@ from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy, ExpertPolic
 from common import metrics as m
 from common.codec import Chunk
 from common.envs import EnvConfig, Observation, make_env
+from common.experts import load_expert_graph
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
 from common.weights import WeightsChannel, WeightsDecodeError
 
@@ -89,8 +90,8 @@ def make_behaviour(config: ActorConfig, env: gymnasium.Env, num_envs: int,
 
     def simple(kind: str) -> BehaviourPolicy:
         if kind == "expert":
-            from learner.experts import load_expert  # a torch checkpoint; only expert actors need it
-            actor, _ = load_expert(env.unwrapped.config.env_id, env.unwrapped.pixels.action_repeat, config.expert_dir)
+            actor, _ = load_expert_graph(env.unwrapped.config.env_id, env.unwrapped.pixels.action_repeat,
+                                         config.expert_dir)
             return ExpertPolicy(actor, rng, config.action_noise)
         return CorrelatedRandomPolicy(num_envs, action_dim, rng, correlation=config.action_correlation)
 

@@ -160,6 +160,8 @@ def decode_chunk(blob: bytes, max_bytes: int = MAX_BLOB_BYTES) -> Chunk:
             raise ChunkDecodeError(f"array {name!r} has {len(payload)} bytes, shape {shape} needs {nbytes}; "
                                    "the blob is truncated or corrupt")
         arrays[name] = np.frombuffer(payload, dtype=ARRAY_SPECS[name][0]).reshape(shape)
+    if len(arrays) != len(descriptors):
+        raise ChunkDecodeError("chunk descriptors name an array twice; the blob is corrupt")
     _validate_arrays(arrays)
     return Chunk(**{k: v for k, v in header.items() if k != "schema"}, **arrays)
 
@@ -192,6 +194,8 @@ def decode_layout(prefix: bytes, blob_length: int, max_bytes: int = MAX_BLOB_BYT
         name, shape, nbytes = _descriptor(descriptor)
         offsets[name], shapes[name] = position + _bin_prefix_len(nbytes), tuple(shape)
         position = offsets[name] + nbytes
+    if len(shapes) != len(descriptors):
+        raise ChunkDecodeError("chunk descriptors name an array twice; the blob is corrupt")
     _validate_shapes({name: (np.dtype(ARRAY_SPECS[name][0]), shape) for name, shape in shapes.items()})
     if position != blob_length:
         raise ChunkDecodeError(f"chunk blob is {blob_length} bytes, its descriptors need {position}; "
@@ -261,3 +265,6 @@ def _validate_arrays(arrays: dict[str, np.ndarray]) -> None:
         raise ChunkDecodeError("masks must be binary (0 = background, 1 = agent)")
     if not np.isfinite(arrays["actions"]).all():
         raise ChunkDecodeError("actions contain NaN or infinity")
+    for name in ("terminated", "truncated"):  # numpy takes any byte as a bool; only 0 and 1 are ones
+        if arrays[name].view(np.uint8).max(initial=0) > 1:
+            raise ChunkDecodeError(f"{name} holds bytes other than 0 and 1; the blob is corrupt")

@@ -5,33 +5,21 @@ there is no segmenter in the loop) regressing the frozen IDM's latent action (la
 behaviour cloning, the authors' stage 2). The decoder maps that latent to a real action;
 it is a tanh-Gaussian MLP so that the online RL can fine-tune it as an actor, and its
 deterministic output (tanh of the mean) is what behaviour cloning and evaluation use.
-Both the learner (which trains them) and the actors (which act with them) build them
-from `PixelPolicySpec`, so a published set of weights fits on either side.
+The learner trains them here in torch and publishes them as an ONNX graph of
+`PixelPolicy.forward` (`learner.publish`); actors run that graph without torch, knowing
+only `PixelPolicySpec` and its graph signature (`common.policy_spec`, re-exported here).
 """
 
 from __future__ import annotations
-
-from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.nets import ImpalaEncoder, TanhGaussianActor, impala_channels, orthogonal_init
+from common.policy_spec import PixelPolicySpec
 
-
-@dataclass(frozen=True)
-class PixelPolicySpec:
-    """Everything that fixes the shapes of the latent policy and its decoder."""
-
-    image_size: int
-    action_dim: int
-    latent_dim: int
-    frames: int = 3  # stacked RGB frames o_{t-frames+1} .. o_t
-    scale: int = 1  # IMPALA widths 16/32/32 x scale
-    num_blocks: int = 2
-    decoder_hidden: int = 256
+__all__ = ["LatentPolicy", "PixelPolicy", "PixelPolicySpec", "frames_to_input"]
 
 
 def frames_to_input(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -67,30 +55,8 @@ class PixelPolicy(nn.Module):
         self.latent_policy = LatentPolicy(spec)
         self.decoder = TanhGaussianActor(spec.latent_dim, spec.action_dim, spec.decoder_hidden)
 
-    @torch.no_grad()
-    def act(self, frames: np.ndarray) -> np.ndarray:
-        """Deterministic actions for uint8 frame stacks (B, F, H, W, 3)."""
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frame stacks (B, F, H, W, 3) -> (latent, deterministic action): the published
+        computation, whose graph `PixelPolicySpec.signature` describes."""
         z = self.latent_policy(frames_to_input(frames))
-        return self.decoder.deterministic(z).numpy()
-
-
-class FrameStacker:
-    """The last `frames` frames of each env; an episode starts by repeating its first frame."""
-
-    def __init__(self, num_envs: int, frames: int):
-        self.stacks: list[deque] = [deque(maxlen=frames) for _ in range(num_envs)]
-
-    def reset(self, index: int) -> None:
-        self.stacks[index].clear()
-
-    def push(self, index: int, frame: np.ndarray) -> None:
-        """Append `frame`, unless it is the very frame pushed last (an env that did not step)."""
-        stack = self.stacks[index]
-        if stack and stack[-1] is frame:
-            return
-        if not stack:
-            stack.extend([frame] * (stack.maxlen - 1))
-        stack.append(frame)
-
-    def batch(self) -> np.ndarray:
-        return np.stack([np.stack(stack) for stack in self.stacks])
+        return z, self.decoder.deterministic(z)

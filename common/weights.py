@@ -2,82 +2,124 @@
 
 `WeightsChannel` carries them through the run's Redis: the learner publishes, actors poll.
 
-Layout (never pickle): [header: map, names: [[name, shape], ...], float32 bytes...].
-The header carries the weights version and the `PixelPolicySpec`, so a reader builds
-the network from the blob alone; `load_pixel_policy` then checks every tensor's name
-and shape against that network, so a foreign or corrupt blob is refused, not half-loaded.
+Layout (never pickle): [header: map, graph: bytes]. The graph is the pixel policy as an
+ONNX model (`learner.publish` exports it; actors run it with onnxruntime, without torch).
+The header carries the weights version, the `PixelPolicySpec`, the graph's opset and its
+SHA-256, so a reader knows from the blob alone which graph signature to expect, and a
+flipped bit anywhere is refused. `decode_policy` checks the header, then the graph as data
+(`common.policy_graph`: size, operators, opset, signature) before it builds a session.
+Every refusal is a `WeightsDecodeError` subclass naming the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgpack
 import numpy as np
-import torch
 
-from common.latent_policy import PixelPolicy, PixelPolicySpec
+from common.policy_graph import MAX_GRAPH_BYTES, OPSET, PolicyGraph, PolicyGraphError, load_policy_graph
+from common.policy_spec import PixelPolicySpec
 
 if TYPE_CHECKING:
     from common.replay import ReplayClient
 
-SCHEMA_VERSION = 1
-MAX_WEIGHTS_BYTES = 512 * 1024 * 1024
+SCHEMA_VERSION = 2
 KIND = "pixel-policy"
+MAX_WEIGHTS_BYTES = MAX_GRAPH_BYTES + 64 * 1024
+HEADER_FIELDS = {"schema", "kind", "version", "spec", "opset", "sha256"}
 
 
 class WeightsDecodeError(ValueError):
-    """A blob is not a valid set of policy weights; the message says what is wrong."""
+    """A blob is not a valid set of policy weights; the subclass and message say what is wrong."""
 
 
-def encode_policy(policy: PixelPolicy, version: int) -> bytes:
-    """Pack a pixel policy's weights with its spec and a version number."""
-    state = {name: tensor.detach().cpu().float().contiguous().numpy() for name, tensor in policy.state_dict().items()}
-    header = {"schema": SCHEMA_VERSION, "kind": KIND, "version": int(version),
-              "spec": dataclasses.asdict(policy.spec)}
-    names = [[name, list(array.shape)] for name, array in state.items()]
-    return msgpack.packb([header, names, *(array.tobytes() for array in state.values())], use_bin_type=True)
+class WeightsTooLarge(WeightsDecodeError):
+    """Over the size limit (refused before it is parsed)."""
 
 
-def decode_policy(blob: bytes) -> tuple[int, PixelPolicy]:
-    """(version, policy in eval mode); raises WeightsDecodeError on anything unexpected."""
-    if not isinstance(blob, (bytes, bytearray)) or len(blob) > MAX_WEIGHTS_BYTES:
-        raise WeightsDecodeError(f"weights blob must be bytes of at most {MAX_WEIGHTS_BYTES} bytes")
+class WeightsCorrupt(WeightsDecodeError):
+    """Not msgpack, not [header, graph], or a graph that does not match its checksum: truncated or foreign."""
+
+
+class WeightsHeaderError(WeightsDecodeError):
+    """The header is of another schema or kind, or has missing, unknown or invalid fields."""
+
+
+class WeightsGraphRefused(WeightsDecodeError):
+    """The graph failed a check of `common.policy_graph`; `__cause__` is that `PolicyGraphError`."""
+
+
+class WeightsMismatch(WeightsDecodeError):
+    """Valid weights that do not fit the reader: another version, frame size or action count."""
+
+
+@dataclass
+class PublishedPolicy:
+    """Decoded weights: the pixel policy as an onnxruntime session, with its spec and version."""
+
+    version: int
+    spec: PixelPolicySpec
+    graph: PolicyGraph
+
+    def act(self, frames: np.ndarray) -> np.ndarray:
+        """Deterministic actions for uint8 frame stacks (B, F, H, W, 3)."""
+        return self.graph.run(frames=frames)["actions"]
+
+
+def pack_policy(graph: bytes, spec: PixelPolicySpec, version: int) -> bytes:
+    """The blob for an exported graph of a policy with `spec` (see `learner.publish.encode_policy`)."""
+    header = {"schema": SCHEMA_VERSION, "kind": KIND, "version": int(version), "spec": dataclasses.asdict(spec),
+              "opset": OPSET, "sha256": hashlib.sha256(graph).hexdigest()}
+    return msgpack.packb([header, graph], use_bin_type=True)
+
+
+def decode_policy(blob: bytes, max_bytes: int = MAX_WEIGHTS_BYTES) -> PublishedPolicy:
+    """The policy in `blob`, ready to act; raises a WeightsDecodeError subclass on anything unexpected."""
+    if not isinstance(blob, bytes):
+        raise WeightsCorrupt(f"a weights blob must be bytes, got {type(blob).__name__}")
+    if len(blob) > max_bytes:
+        raise WeightsTooLarge(f"the weights blob is {len(blob)} bytes, over the {max_bytes}-byte limit")
     try:
-        items = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_bin_len=MAX_WEIGHTS_BYTES,
-                                max_array_len=4096, max_map_len=64, max_ext_len=0)
+        items = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_bin_len=max_bytes, max_str_len=4096,
+                                max_array_len=64, max_map_len=64, max_ext_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise WeightsDecodeError(f"weights blob is not valid msgpack ({exc}); it is truncated or foreign") from exc
-    if not (isinstance(items, list) and len(items) >= 2 and isinstance(items[0], dict)
-            and isinstance(items[1], list) and len(items[1]) == len(items) - 2):
-        raise WeightsDecodeError("weights blob is msgpack but not [header, names, tensors...]")
-    header, names, payloads = items[0], items[1], items[2:]
-    if header.get("schema") != SCHEMA_VERSION or header.get("kind") != KIND:
-        raise WeightsDecodeError(f"weights schema/kind {header.get('schema')!r:.20}/{header.get('kind')!r:.30} "
-                                 f"is not {SCHEMA_VERSION}/{KIND!r}; publisher and reader run different versions")
-    if not isinstance(header.get("version"), int):
-        raise WeightsDecodeError("weights header has no integer version")
+        raise WeightsCorrupt(f"weights blob is not valid msgpack ({exc}); it is truncated or foreign") from exc
+    if not (isinstance(items, list) and len(items) == 2 and isinstance(items[0], dict)
+            and isinstance(items[1], bytes)):
+        raise WeightsCorrupt("weights blob is msgpack but not [header, graph bytes]; it is foreign")
+    header, graph = items
+    spec = _check_header(header)
+    if hashlib.sha256(graph).hexdigest() != header["sha256"]:
+        raise WeightsCorrupt("the weights graph does not match the header's SHA-256; the blob is corrupt")
     try:
-        policy = PixelPolicy(PixelPolicySpec(**header["spec"]))
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise WeightsDecodeError(f"weights header has an invalid policy spec: {exc}") from exc
-    expected = {name: tuple(t.shape) for name, t in policy.state_dict().items()}
-    state = {}
-    for entry, payload in zip(names, payloads):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], list) and isinstance(payload, bytes)):
-            raise WeightsDecodeError(f"weights entry {entry!r:.60} is not [name, shape] with bytes")
-        name, shape = entry[0], tuple(entry[1])
-        if expected.get(name) != shape or len(payload) != 4 * int(np.prod(shape, dtype=np.int64)):
-            raise WeightsDecodeError(f"tensor {name!r:.60} with shape {shape!r:.40} and {len(payload)} bytes "
-                                     f"does not fit the policy (expected {expected.get(name)})")
-        state[name] = torch.from_numpy(np.frombuffer(payload, np.float32).reshape(shape).copy())
-    if state.keys() != expected.keys():
-        raise WeightsDecodeError(f"weights miss tensors: {sorted(expected.keys() - state.keys())[:5]}")
-    policy.load_state_dict(state)
-    return header["version"], policy.eval()
+        session = load_policy_graph(graph, spec.signature())
+    except PolicyGraphError as exc:
+        raise WeightsGraphRefused(f"the weights graph is refused ({type(exc).__name__}): {exc}") from exc
+    return PublishedPolicy(header["version"], spec, session)
+
+
+def _check_header(header: dict) -> PixelPolicySpec:
+    if header.get("schema") != SCHEMA_VERSION or header.get("kind") != KIND:
+        raise WeightsHeaderError(f"weights schema/kind {header.get('schema')!r:.20}/{header.get('kind')!r:.30} "
+                                 f"is not {SCHEMA_VERSION}/{KIND!r}; publisher and reader run different versions")
+    if header.keys() != HEADER_FIELDS:
+        raise WeightsHeaderError(f"weights header fields {sorted(map(str, header))!r:.200} are not "
+                                 f"{sorted(HEADER_FIELDS)}")
+    if type(header["version"]) is not int or header["version"] < 0:
+        raise WeightsHeaderError("weights header has no non-negative integer version")
+    if header["opset"] != OPSET:
+        raise WeightsHeaderError(f"weights graph is opset {header['opset']!r:.20}, this reader runs opset {OPSET}")
+    if not isinstance(header["sha256"], str):
+        raise WeightsHeaderError("weights header has no SHA-256 string")
+    try:
+        return PixelPolicySpec.from_dict(header["spec"])
+    except ValueError as exc:
+        raise WeightsHeaderError(f"weights header has an invalid policy spec: {exc}") from exc
 
 
 class WeightsChannel:

@@ -22,11 +22,13 @@ import torch
 import tyro
 
 from common.checkpoint import write_checkpoint
-from common.cli import ConfigError, config_errors, run_main
+from common.cli import config_errors, run_main
 from common.config import parse, save_resolved_config
 from common.envs.pixels import PixelMujocoEnv, task_view
+from common.experts import expert_record
 from common.nets import TanhGaussianActor
 from common.progress import Progress
+from learner.publish import write_expert_graph
 from learner.rl.sac import SACAgent, SACConfig
 
 GYM_STEPS_PER_EPISODE = 1000
@@ -136,7 +138,7 @@ def train_expert(config: ExpertConfig) -> dict:
 
 def save_expert(agent: SACAgent, config: ExpertConfig, out: Path, returns: list[float], step: int,
                 env: PixelMujocoEnv) -> None:
-    """Actor weights (written atomically), config and measured return."""
+    """Actor weights (written atomically), their ONNX graph for actors, config and measured return."""
     out.mkdir(parents=True, exist_ok=True)
     write_checkpoint(agent.actor.state_dict(), out / "actor.pt")
     save_resolved_config(config, out)
@@ -145,27 +147,7 @@ def save_expert(agent: SACAgent, config: ExpertConfig, out: Path, returns: list[
               "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
               "eval_episodes": len(returns), "trained_steps": step}
     (out / "expert.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-class ExpertNotFoundError(ConfigError):
-    """No trained expert for a task, or one trained for other dynamics; says how to get one."""
-
-
-def expert_record(env_id: str, action_repeat: int, directory: str | Path = "models/experts") -> dict:
-    """The committed expert's expert.json, checked to act at the env's control rate
-    (`action_repeat` 0 = the task default): a policy trained at one rate is no expert at another."""
-    folder = Path(directory) / env_id
-    action_repeat = action_repeat or task_view(env_id).action_repeat
-    try:
-        record = json.loads((folder / "expert.json").read_text())
-    except FileNotFoundError as exc:
-        raise ExpertNotFoundError(f"no expert for {env_id} in {folder}", "train one with "
-                                  f"`python -m learner.experts --env {env_id} --action-repeat {action_repeat}`") from exc
-    if record["action_repeat"] != action_repeat:
-        raise ExpertNotFoundError(f"the expert in {folder} acts every {record['action_repeat']} gym steps, the env "
-                                  f"every {action_repeat}", f"use --action-repeat {record['action_repeat']} or train "
-                                  f"an expert with --action-repeat {action_repeat}")
-    return record
+    write_expert_graph(agent.actor, record, out)
 
 
 def load_expert(env_id: str, action_repeat: int, directory: str | Path = "models/experts"

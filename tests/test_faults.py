@@ -39,9 +39,10 @@ from common.metrics import Metrics
 from common.replay import EmbeddedRedis, RedisUnavailable, ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
 from common.replay.safety import required_maxmemory
-from common.weights import WeightsChannel, encode_policy
+from common.weights import WeightsChannel
 from conftest import synthetic_chunk
 from learner.loop import read_checkpoint
+from learner.publish import encode_policy
 from segmenter.config import SegmenterConfig
 from segmenter.service import SegmenterService, start_segmenters
 

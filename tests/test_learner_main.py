@@ -27,8 +27,9 @@ from common.metrics import scrape_metrics
 from common.processes import command_line, process_tree
 from common.replay import ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
-from common.weights import WeightsChannel, encode_policy
+from common.weights import WeightsChannel
 from learner.loop import read_checkpoint
+from learner.publish import encode_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "ci", "--num-actors", "4", "--segmenter", "oracle", "--image-size", "16", "--render-size", "32",
