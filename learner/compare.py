@@ -20,7 +20,7 @@ baselines, learner/laom/), as a table.
 `--preset` sets the defaults of every other flag (frame size, action repeat, dataset
 sizes, networks, updates; the table is learner/presets.py); any flag given on the command
 line overrides its preset default. Each family's networks and optimisation are grouped
-(`--lam.optim.updates`, `--laom.model.latent-dim`), and so is each method's own switches
+(`--lam.optim.updates`, `--laom.model.latent-dim`), and so are each method's switches
 (`--lam.methods.masklam.mask-channel`): see `--help`.
 """
 
