@@ -42,8 +42,17 @@ class LatentPolicy(nn.Module):
         self.probe = nn.Linear(spec.latent_dim, spec.action_dim)
         orthogonal_init(self, gain=1.0)
 
+    def features(self, policy_input: torch.Tensor) -> torch.Tensor:
+        """The trunk's view of the frame stack (pose, velocities, gait phase): what a critic
+        needs to value a state, which the latent action alone does not carry."""
+        return torch.relu(self.encoder(policy_input)[-1]).flatten(1)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
     def forward(self, policy_input: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.encoder(policy_input)[-1]).flatten(1))
+        return self.head(self.features(policy_input))
 
 
 class PixelPolicy(nn.Module):

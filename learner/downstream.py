@@ -53,7 +53,7 @@ class DownstreamConfig:
     decoder_updates: int = field(default=3_000, metadata={"help": "action decoder updates per budget"})
     decoder_batch_size: int = field(default=256, metadata={"help": "action decoder batch"})
     decoder_lr: float = field(default=1e-3, metadata={"help": "action decoder learning rate (Adam, grad clip 1)"})
-    eval_episodes: int = field(default=8, metadata={"help": "evaluation episodes per policy"})
+    eval_episodes: int = field(default=8, metadata={"help": "evaluation episodes per policy (0: the online learner evaluates none)"})
     eval_workers: int = field(default=1, metadata={"help": "parallel evaluation actors (1 = in-process)"})
     eval_seed: int = field(default=1_000, metadata={"help": "seed of the evaluation episodes (same for every policy)"})
 

@@ -29,8 +29,8 @@ class BackgroundEvaluation:
 
     def start(self, weights: bytes, record: dict) -> bool:
         """Start evaluating `weights` (`record` says which: version, updates, env steps); False if
-        an evaluation is still running."""
-        if self.running:
+        an evaluation is still running or evaluation is off (`eval_episodes` 0)."""
+        if self.running or self.downstream.eval_episodes == 0:
             return False
         d = self.downstream
         self._pending = (evaluate_remote.remote(self.env, weights, d.eval_episodes, d.eval_seed, d.eval_workers),

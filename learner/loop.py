@@ -76,7 +76,7 @@ class Learner:
 
     def __init__(self, family: Family, lam_config: Any, spec: PixelPolicySpec, schedule: ScheduleConfig, sac: SACConfig,
                  downstream: DownstreamConfig, limiter: RateLimiterConfig, env: EnvConfig, replay: ReplayClient,
-                 fleet: ActorFleet, probe_set: ProbeSet, metrics: m.Metrics, out: Path, seed: int,
+                 fleet: ActorFleet | None, probe_set: ProbeSet, metrics: m.Metrics, out: Path, seed: int,
                  device: torch.device, run_config: dict):
         if family.online_step is None:
             raise ValueError(f"the {family.name} family has no online update (learner.main checks online_family)")
@@ -117,6 +117,10 @@ class Learner:
         if self.bootstrapped:  # a resumed run: actors on a fresh replay start from these weights
             self._publish(bump=False)
         self._poll(force=True)
+        s = self.schedule
+        self.telemetry.note(f"phase: LAM updates ({s.lam_updates_per_round} per round) once the replay holds ready "
+                            f"data; the pixel policy is bootstrapped after {s.bootstrap_after} LAM updates"
+                            if not self.bootstrapped else "phase: resumed after the bootstrap; LAM and RL rounds")
         while not self._stopping():
             for _ in range(self.schedule.lam_updates_per_round):
                 if not self._lam_update():
@@ -189,13 +193,18 @@ class Learner:
         if data is None or len(data.window_starts(self.rl.window)) == 0:
             log.warning("no ready chunk holds %d frames yet; bootstrap postponed", self.rl.window)
             return
-        log.info("bootstrapping the pixel policy on %d transitions", data.num_transitions)
+        self.telemetry.note(f"phase: bootstrap: latent BC and the action decoder on the newest "
+                            f"{data.num_transitions} transitions (after {self.counters.lam_updates} LAM updates)")
         started = time.perf_counter()
         metrics = self.rl.bootstrap(self.lam, data, self.seed)
         self.history["bootstrap"] = {**metrics, "lam_updates": self.counters.lam_updates,
                                      "transitions": data.num_transitions, "seconds": time.perf_counter() - started}
         self._publish()
         self._start_evaluation()
+        s = self.schedule
+        self.telemetry.note(f"phase: RL: rounds of {s.lam_updates_per_round} LAM and {s.policy_updates_per_round} "
+                            f"policy updates; weights v1 published, then every {s.publish_every} policy updates "
+                            f"(bootstrap took {self.history['bootstrap']['seconds']:.0f} s)")
 
     def _publish(self, bump: bool = True) -> None:
         """Publish the policy (as a new version unless `bump` is False: a resumed run re-publishing)."""
@@ -213,6 +222,10 @@ class Learner:
     def _collect_evaluation(self, timeout_s: float = 0.0) -> None:
         if (result := self.evaluation.collect(timeout_s)) is not None:
             self.history["evals"].append(result)
+            returns = np.asarray(result["returns"], dtype=float)
+            sem = returns.std(ddof=1) / np.sqrt(len(returns)) if len(returns) > 1 else float("nan")
+            self.telemetry.note(f"eval: weights v{result['weights_version']} after {result['policy_updates']} policy "
+                                f"updates: return {returns.mean():.1f} ± {sem:.1f} (s.e., {len(returns)} episodes)")
 
     def probe(self) -> None:
         """Ridge-probe nMSE of the LAM's latent on the held-out labelled set."""

@@ -243,7 +243,8 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
         return (stop_signal.event.is_set() or time.monotonic() >= deadline
                 or (config.total_env_steps is not None and counters.env_steps >= config.total_env_steps))
 
-    progress = Progress("learner", config.total_env_steps or 0, interval_s=2.0)
+    progress = Progress("learner", config.total_env_steps or 0, interval_s=2.0,
+                        deadline=deadline if config.max_minutes else None)
     try:
         try:
             learner.run(should_stop, progress)

@@ -8,14 +8,18 @@ decoder is fit to the true actions of the first `label budget` of those transiti
 Then every policy update, on one batch of windows sampled from the replay, does two things:
   * latent BC: the latent policy pi(o_{t-F+1..t}) regresses the current IDM's latent z_t.
     The LAM keeps training between policy updates; this keeps the policy in its latent space.
-  * SAC (learner/rl/sac.py) whose state is the latent z = pi(o) (detached) and whose actor
-    is the action decoder: the critic Q(z, a) scores decoded, i.e. real, actions, with the
-    chunk's actions, rewards and termination flags.
-Design choice: SAC's gradients stop at z. The latent policy is the part learned from video,
-and it stays a latent-action predictor; RL adapts what turns latents into torques (the
-decoder, which the label budget fits only roughly) through a critic. Letting a critic that
-starts from noise push gradients into the CNN would pull z away from the IDM's latent space
-that the decoder and critic are built on, and on a CPU it would triple an update's cost.
+  * SAC (learner/rl/sac.py) whose actor is the action decoder a = d(z) on the detached latent
+    z = pi(o), and whose critic Q(h, z, a) sees the latent policy's trunk features h of the
+    frame stack (detached) besides z: the chunk's actions, rewards and termination flags.
+Design choices. The critic's state is the trunk's features, not z alone: z is a predicted
+latent *action*, and a critic cannot value a state from it (pose, velocities and where the
+agent is in its gait are in the frames, hence in h, not in z). The critic still acts from
+pixels only, so nothing privileged enters training. SAC's gradients stop at z and h: the
+latent policy is the part learned from video and stays a latent-action predictor, trained
+by latent BC alone; RL adapts what turns latents into torques (the decoder, which the label
+budget fits only roughly). Letting a critic that starts from noise push gradients into the
+CNN would pull z away from the IDM's latent space the decoder is built on, and on a CPU it
+would triple an update's cost.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ class LatentPolicyRL:
                  device: torch.device):
         self.spec, self.lam_config, self.downstream, self.device = spec, lam_config, downstream, device
         self.policy = PixelPolicy(spec).to(device)
-        self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder).to(device)
+        critic_obs_dim = self.policy.latent_policy.feature_dim + spec.latent_dim
+        self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder,
+                              critic_obs_dim=critic_obs_dim).to(device)
         self.bc_optimizer = torch.optim.AdamW(self.policy.latent_policy.parameters(), lr=downstream.bc_lr)
         # Row t of a sampled window sits at `back` (the same rows `usable_transitions` picks offline).
         self.back, self.window = transition_window(spec.frames, lam_config.method)
@@ -73,11 +79,15 @@ class LatentPolicyRL:
 
         following = frames_to_input(windows.frames[:, b - frames + 2:b + 2]).to(self.device)
         with torch.no_grad():
-            z, next_z = latent_policy(torch.cat([now, following])).chunk(2)
+            features = latent_policy.features(torch.cat([now, following]))
+            latents = latent_policy.head(features)
+            z, next_z = latents.chunk(2)
+            critic_state, next_critic_state = torch.cat([features, latents], dim=1).chunk(2)
         step = {name: torch.from_numpy(np.ascontiguousarray(array[:, b])).float().to(self.device)
                 for name, array in (("action", windows.actions), ("reward", windows.rewards),
                                     ("terminated", windows.terminated))}
-        sac = self.agent.update(z, step["action"], step["reward"], next_z, step["terminated"])
+        sac = self.agent.update(z, step["action"], step["reward"], next_z, step["terminated"],
+                                critic_obs=critic_state, next_critic_obs=next_critic_state)
         return {"bc": bc_loss.item(), "critic": sac["critic_loss"], "actor": sac["actor_loss"],
                 "alpha": sac["alpha"], "q_mean": sac["q_mean"]}
 

@@ -38,8 +38,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "replay": {"run_name": "masklam-learner", "capacity_chunks": 4_000, "capacity_bytes": 2**30},
             "limiter": {"samples_per_insert": 4.0, "min_ready_steps": 1_000, "error_buffer": 10_000.0},
             "sac": {"batch_size": 64},
-            "downstream": {"bc_updates": 500, "decoder_updates": 500, "label_budgets": "4000", "eval_episodes": 4},
-            "schedule": {"bootstrap_after": 1_000, "bootstrap_steps": 8_000, "probe_every": 500, "eval_every": 1_000}},
+            # Every phase within the README's 5 minutes on 2 cores: a short LAM warm-up, a small
+            # bootstrap, then RL rounds with a publication every 50 and an evaluation every 200
+            # policy updates (the LAM keeps training in every round).
+            "downstream": {"bc_updates": 300, "decoder_updates": 300, "label_budgets": "4000", "eval_episodes": 4},
+            "schedule": {"bootstrap_after": 300, "bootstrap_steps": 8_000, "probe_every": 300, "eval_every": 200}},
         "learner.compare": {
             "env": {"image_size": 32, "render_size": 64, "action_repeat": 3, "max_episode_steps": 250}},
     },

@@ -11,6 +11,7 @@ state, and the progress line is printed.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 
@@ -71,7 +72,8 @@ class Telemetry:
     """The learner's metrics, progress line and summary; `history` and `losses` are the learner's
     (probe and evaluation records, the latest losses of each phase)."""
 
-    def __init__(self, metrics: m.Metrics, fleet: ActorFleet, replay: ReplayClient):
+    def __init__(self, metrics: m.Metrics, fleet: ActorFleet | None, replay: ReplayClient):
+        """`fleet` None: a learner on a replay that others fill (its totals stay zero)."""
         self.metrics, self.fleet, self.replay = metrics, fleet, replay
         self.stats = ReplayStats()  # as of the last poll
         self.clock = ChunkClock()
@@ -86,6 +88,13 @@ class Telemetry:
         self.progress = progress
         self.session_base = dataclasses.replace(counters)
         self.session_start = time.monotonic()
+
+    def note(self, message: str) -> None:
+        """A phase change or a result: one line in the log, above the progress line."""
+        if self.progress is not None:
+            self.progress.note(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def end_session(self) -> None:
         self.loop_seconds = time.monotonic() - self.session_start
@@ -112,8 +121,10 @@ class Telemetry:
         if not force and now - self.last_poll < POLL_INTERVAL_S:
             return
         self.last_poll = now
-        self.fleet.check()
-        fleet, base, c = self.fleet.totals(), self.session_base, counters
+        if self.fleet is not None:
+            self.fleet.check()
+        fleet = self.fleet.totals() if self.fleet is not None else FleetTotals()
+        base, c = self.session_base, counters
         c.env_steps = base.env_steps + fleet.env_steps
         c.chunks_inserted = base.chunks_inserted + fleet.chunks
         c.steps_inserted = base.steps_inserted + fleet.chunk_steps
@@ -170,7 +181,23 @@ class Telemetry:
             "samples_per_insert": stats.sampled_steps / stats.inserted_steps if stats.inserted_steps else None,
             "replay": dataclasses.asdict(stats),
             "bootstrap": history["bootstrap"], "evals": evals, "probes": probes,
+            "phases": phases(counters, history),
         }
+
+
+def phases(counters: Counters, history: dict) -> dict:
+    """What each phase of the run did, in a few figures a reader can check at a glance."""
+    probes, evals, boot = history["probes"], history["evals"], history["bootstrap"]
+    return {
+        "lam": {"updates": counters.lam_updates,
+                "probe_nmse_first": probes[0]["probe_nmse"] if probes else None,
+                "probe_nmse_last": probes[-1]["probe_nmse"] if probes else None},
+        "bootstrap": None if boot is None else {k: boot[k] for k in ("lam_updates", "transitions", "seconds")},
+        "rl": {"policy_updates": counters.policy_updates, "weights_published": counters.weights_version,
+               "max_actor_weights_version": counters.max_actor_weights_version},
+        "evaluation": {"count": len(evals), "returns": [e["return"] for e in evals],
+                       "weights_versions": [e["weights_version"] for e in evals]},
+    }
 
 
 def progress_extras(stats: ReplayStats, fleet: FleetTotals, counters: Counters, history: dict, losses: dict) -> dict:

@@ -187,8 +187,9 @@ def _assemble(rows: list[_Row], window: int) -> Windows:
     if any((row.info.height, row.info.width) != (h, w) for row in rows):
         raise ChunkDecodeError("sampled chunks have different frame sizes; one run must use one frame size")
     starts = np.array([row.start for row in rows], dtype=np.int64)
-    frames = np.frombuffer(b"".join(row.frames for row in rows), dtype=np.uint8).reshape(len(rows), window, h, w, 3)
-    masks = np.frombuffer(b"".join(row.masks for row in rows), dtype=np.uint8).reshape(len(rows), window, h, w)
+    # joined into a bytearray: writable arrays, so torch.from_numpy takes them without a copy or a warning
+    frames = np.frombuffer(bytearray().join(row.frames for row in rows), np.uint8).reshape(len(rows), window, h, w, 3)
+    masks = np.frombuffer(bytearray().join(row.masks for row in rows), np.uint8).reshape(len(rows), window, h, w)
     steps = {name: np.stack([row.steps[name][row.start:row.start + window - 1] for row in rows])
              for name in STEP_ARRAYS}
     return Windows(frames=frames, masks=masks, chunk_ids=np.array([int(row.chunk_id) for row in rows]),

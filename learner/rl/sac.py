@@ -45,13 +45,16 @@ class TwinCritic(nn.Module):
 
 class SACAgent(nn.Module):
     """`actor`: the policy to train (default: a new one); the online learner passes the pixel
-    policy's action decoder, so SAC fine-tunes the very network the actors act with."""
+    policy's action decoder, so SAC fine-tunes the very network the actors act with.
+    `critic_obs_dim`: the critics may see another observation than the actor (an asymmetric
+    actor-critic); by default they see the actor's."""
 
-    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig, actor: TanhGaussianActor | None = None):
+    def __init__(self, obs_dim: int, action_dim: int, config: SACConfig, actor: TanhGaussianActor | None = None,
+                 critic_obs_dim: int | None = None):
         super().__init__()
         self.config = config
         self.actor = actor if actor is not None else TanhGaussianActor(obs_dim, action_dim, config.hidden)
-        self.critic = TwinCritic(obs_dim, action_dim, config.hidden)
+        self.critic = TwinCritic(critic_obs_dim or obs_dim, action_dim, config.hidden)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_temperature)))
         self.target_entropy = -float(action_dim)
@@ -64,21 +67,25 @@ class SACAgent(nn.Module):
         return self.actor.deterministic(obs) if deterministic else self.actor(obs)[0]
 
     def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> dict[str, float]:
-        """One gradient step of critics, actor and temperature; returns the losses."""
+               terminated: torch.Tensor, critic_obs: torch.Tensor | None = None,
+               next_critic_obs: torch.Tensor | None = None) -> dict[str, float]:
+        """One gradient step of critics, actor and temperature; returns the losses.
+        `critic_obs`/`next_critic_obs`: the critics' observations, if not the actor's."""
+        critic_obs = obs if critic_obs is None else critic_obs
+        next_critic_obs = next_obs if next_critic_obs is None else next_critic_obs
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_log_prob = self.actor(next_obs)
-            target_q = torch.min(*self.target_critic(next_obs, next_action)) - alpha * next_log_prob
+            target_q = torch.min(*self.target_critic(next_critic_obs, next_action)) - alpha * next_log_prob
             target = reward + self.config.gamma * (1.0 - terminated) * target_q
-        q1, q2 = self.critic(obs, action)
+        q1, q2 = self.critic(critic_obs, action)
         critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
 
         new_action, log_prob = self.actor(obs)
-        actor_loss = (alpha * log_prob - torch.min(*self.critic(obs, new_action))).mean()
+        actor_loss = (alpha * log_prob - torch.min(*self.critic(critic_obs, new_action))).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
