@@ -1,6 +1,6 @@
 """MaskLAM's metric definitions, and one facade over the two ways they are exported.
 
-Conventions (DESIGN.md §7): one prefix `masklam_`, base units in the name (`_seconds`,
+Conventions (docs/design.md §7): one prefix `masklam_`, base units in the name (`_seconds`,
 `_bytes`, `_ratio` for 0..1 fractions), counters exported with `_total`, histograms for
 latencies, and labels only with a small fixed set of values (never ids or hostnames).
 
@@ -71,7 +71,8 @@ def histogram(name: str, help: str, buckets: tuple[float, ...], labels: tuple[st
 # Ray tags every series with the worker and node, so rate() per series is steps/s per actor.
 ACTOR_ENV_STEPS = counter("actor_env_steps", "Decisions stepped by rollout actors (rate() = env steps/s)")
 ACTOR_CHUNKS = counter("actor_chunks", "Chunks written to the replay by rollout actors")
-ACTOR_INSERT_SECONDS = histogram("actor_insert_seconds", "Time to write one chunk to the replay (one transaction)",
+ACTOR_INSERT_SECONDS = histogram("actor_insert_seconds",
+                                 "Time to write one chunk to the replay (id, insert script, eviction)",
                                  LATENCY_BUCKETS_S)
 ACTOR_INSERT_WAIT_SECONDS = counter("actor_insert_wait_seconds",
                                     "Time rollout actors waited for the rate limiter before inserting")
@@ -123,11 +124,12 @@ LEARNER_EVAL_RETURN = gauge("learner_eval_return", "Mean return of the latest ev
 LEARNER_EPISODE_RETURN = gauge("learner_episode_return", "Mean return of recently finished training episodes")
 LEARNER_WEIGHTS_VERSION = gauge("learner_weights_version", "Version of the policy weights last published")
 LEARNER_POLICY_LAG = gauge("learner_policy_lag_versions",
-                           "Published weights version minus the oldest version acting in the sampled batch")
-LEARNER_DATA_AGE_SECONDS = histogram("learner_data_age_seconds", "Age of sampled chunks when they are trained on",
+                           "Published weights version minus the oldest version the rollout actors last acted with")
+LEARNER_DATA_AGE_SECONDS = histogram("learner_data_age_seconds",
+                                     "Time from a chunk's insert (to within a poll) to its being trained on",
                                      (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0))
 LEARNER_SAMPLES_PER_INSERT = gauge("learner_samples_per_insert_ratio",
-                                   "Transitions sampled per transition inserted, achieved over the run")
+                                   "Windows sampled per step inserted (ready or not), achieved over the run")
 LEARNER_ACTOR_RESTARTS = counter("learner_actor_restarts", "Rollout or segmenter actors restarted", ("role",))
 REPLAY_ITEMS = gauge("replay_items", "Chunks held by the replay")
 REPLAY_READY_ITEMS = gauge("replay_ready_items", "Chunks with masks, ready to sample")
