@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -23,5 +24,8 @@ def init_ray(address: str | None = None, logical_cpus: int = 0) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
+    # A local Ray we start ourselves keeps Ray's token authentication on; its notice that it
+    # is on (once per run, pointing at how to turn it off) is not about anything to fix here.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(num_cpus=max(os.cpu_count() or 1, logical_cpus), include_dashboard=False,
              runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=True, logging_level="warning")

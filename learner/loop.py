@@ -68,6 +68,8 @@ class ScheduleConfig:
     probe_every: int = field(default=500, metadata={"help": "LAM updates between held-out probe scores"})
     eval_every: int = field(default=1_000, metadata={"help": "policy updates between evaluations of the weights"})
     checkpoint_minutes: float = field(default=5.0, metadata={"help": "minutes between checkpoints"})
+    rl: bool = field(default=True, metadata={
+        "help": "SAC in every policy update; off: latent BC only (the control that shows what RL adds)"})
 
 
 class Learner:
@@ -173,7 +175,7 @@ class Learner:
         if windows is None:
             return False
         started = time.perf_counter()
-        losses = self.rl.update(windows, self.lam, self.generator)
+        losses = self.rl.update(windows, self.lam, self.generator, sac=self.schedule.rl)
         self.counters.policy_updates += 1
         self._record_update("policy", time.perf_counter() - started, losses)
         if self.counters.policy_updates % self.schedule.publish_every == 0:

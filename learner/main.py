@@ -266,6 +266,7 @@ def print_summary(summary: dict) -> None:
     def number(value, fmt: str = ".3f") -> str:
         return "-" if value is None else format(value, fmt)
 
+    evaluations = summary["phases"]["evaluation"]
     losses = "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                        for phase, values in summary["final_losses"].items())
     rows = [("env", f"{summary['env']['env_id']} / {summary['env']['distractor']['mode']} distractor, "
@@ -280,8 +281,11 @@ def print_summary(summary: dict) -> None:
             ("weights published / max at actors", f"v{summary['weights_version']} / "
                                                   f"v{summary['max_actor_weights_version']}"),
             ("probe nMSE (held out, rho = 0)", number(summary["probe_nmse"])),
-            ("eval return: first / last", f"{number(summary['initial_eval_return'], '.1f')} / "
-                                          f"{number(summary['eval_return'], '.1f')}"),
+            ("bootstrap", "not reached" if (boot := summary["phases"]["bootstrap"]) is None else
+                          f"after {boot['lam_updates']:,} LAM updates, on {boot['transitions']:,} transitions, "
+                          f"{boot['seconds']:.0f} s"),
+            ("evaluations (weights: return)", ", ".join(f"v{v}: {r:.1f}" for v, r in zip(
+                evaluations["weights_versions"], evaluations["returns"])) or "none"),
             ("actor restarts", summary["actor_restarts"]),
             ("final losses", losses or "-"),
             ("wall time", f"{summary['wall_seconds']:.0f} s this session (learning {summary['loop_seconds']:.0f} s), "

@@ -64,9 +64,10 @@ class LatentPolicyRL:
         metrics.pop("bc_curve")
         return metrics
 
-    def update(self, windows: Windows, lam_model: LatentActionModel,
-               generator: torch.Generator) -> dict[str, float]:
-        """One latent-BC step and one SAC step on a batch of `self.window`-frame windows."""
+    def update(self, windows: Windows, lam_model: LatentActionModel, generator: torch.Generator,
+               sac: bool = True) -> dict[str, float]:
+        """One latent-BC step and (unless `sac` is False) one SAC step on a batch of
+        `self.window`-frame windows."""
         b, frames = self.back, self.spec.frames
         method = self.lam_config.method
         target = encode_windows(lam_model, self.lam_config, idm_windows(windows, b, method), generator)[0]
@@ -76,6 +77,8 @@ class LatentPolicyRL:
         self.bc_optimizer.zero_grad(set_to_none=True)
         bc_loss.backward()
         self.bc_optimizer.step()
+        if not sac:
+            return {"bc": bc_loss.item()}
 
         following = frames_to_input(windows.frames[:, b - frames + 2:b + 2]).to(self.device)
         with torch.no_grad():
@@ -86,10 +89,10 @@ class LatentPolicyRL:
         step = {name: torch.from_numpy(np.ascontiguousarray(array[:, b])).float().to(self.device)
                 for name, array in (("action", windows.actions), ("reward", windows.rewards),
                                     ("terminated", windows.terminated))}
-        sac = self.agent.update(z, step["action"], step["reward"], next_z, step["terminated"],
-                                critic_obs=critic_state, next_critic_obs=next_critic_state)
-        return {"bc": bc_loss.item(), "critic": sac["critic_loss"], "actor": sac["actor_loss"],
-                "alpha": sac["alpha"], "q_mean": sac["q_mean"]}
+        losses = self.agent.update(z, step["action"], step["reward"], next_z, step["terminated"],
+                                   critic_obs=critic_state, next_critic_obs=next_critic_state)
+        return {"bc": bc_loss.item(), "critic": losses["critic_loss"], "actor": losses["actor_loss"],
+                "alpha": losses["alpha"], "q_mean": losses["q_mean"]}
 
     def state_dict(self) -> dict:
         agent = self.agent

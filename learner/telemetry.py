@@ -206,7 +206,7 @@ def progress_extras(stats: ReplayStats, fleet: FleetTotals, counters: Counters, 
     c = counters
     extras = {"upd": c.learner_updates, "ready": stats.ready_chunks_stored, "v": c.weights_version,
               "rec": losses.get("lam", {}).get("reconstruction", float("nan"))}
-    if "policy" in losses:
+    if "critic" in losses.get("policy", {}):
         extras["critic"] = losses["policy"]["critic"]
     if fleet.recent_returns:
         extras["ret"] = float(np.mean(fleet.recent_returns))
