@@ -1,4 +1,4 @@
-"""`python -m learner.main`: the distributed actor-learner run (DESIGN.md §1, §5, §8).
+"""`python -m learner.main`: the distributed actor-learner run (docs/design.md §1, §5, §8).
 
 1. Redis: `--redis-url` (or $MASKLAM_REDIS_URL), else a private embedded server; Ray:
    `--ray-address` (`auto` on a `ray up` head), else a local Ray with a logical CPU per
@@ -174,7 +174,7 @@ def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
 
 
 def held_out_probe_set(config: LearnerMainConfig, lam: LAMConfig, redis_url: str) -> ProbeSet:
-    """Labelled episodes on evaluation backgrounds with rho = 0 (DESIGN.md §5's headline probe),
+    """Labelled episodes on evaluation backgrounds with rho = 0 (docs/design.md §5's headline probe),
     collected in this process through the run's Redis unless they are on disk already."""
     spec = DatasetSpec(dataclasses.replace(config.env, rho=0.0), "eval", PROBE_DATA_SEED, config.probe_steps,
                        chunk_length=config.actor.chunk_length)

@@ -2,7 +2,7 @@
 
 `ci` is small enough for two CPU cores (32 px frames rendered at 64, small networks and
 batches, minutes per run); `paper` is the authors' configuration (64 px, their networks,
-batches and budgets; METHOD-FACTS.md), for a GPU node. Each row names the fields it sets,
+batches and budgets; docs/design.md §5), for a GPU node. Each row names the fields it sets,
 nested as the command's config; a field not named keeps its dataclass default, and any
 flag on the command line overrides both. The rows are plain values, so this table imports
 nothing and every config module can read it.

@@ -1,4 +1,4 @@
-"""The mask service (DESIGN.md section 6).
+"""The mask service (docs/design.md section 6).
 
 service.py   the consumer-group loop, the Ray actor and its placement
 main.py      `python -m segmenter.main`, one instance as a plain process

@@ -1,6 +1,6 @@
 """Distractor backgrounds composited behind the agent: the Gymnasium env every role steps.
 
-Modes (DESIGN.md section 3):
+Modes (docs/design.md section 3):
 - `none`: the clean task (black sky, checker floor); `bg_velocity` is zero.
 - `exogenous`: background content panned with a smooth random velocity
   v_t = bg_speed * n_t, where n_t is an AR(1) process with unit marginal variance.

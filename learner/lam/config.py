@@ -1,9 +1,9 @@
 """LAM settings: network sizes, the method's switches, the optimisation; and their presets.
 
-`MethodConfig` holds every switch of DESIGN.md section 5, so LAPO, MaskLAM-loss-only and
+`MethodConfig` holds every switch of docs/design.md section 5, so LAPO, MaskLAM-loss-only and
 MaskLAM-as-the-authors-ran-it are three points in one space (`METHODS`). The presets
 (learner/presets.py) fix the network and optimisation size: `paper` as the authors'
-released configuration (METHOD-FACTS.md), `ci` small enough to train in minutes on two CPU cores.
+released configuration (docs/design.md §5), `ci` small enough to train in minutes on two CPU cores.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 LAOM (Nikulin et al., 2025) and LAOM-Labels are two points in one space (`METHODS`), as
 are the masked variants that carry MaskLAM's idea into LAOM's latent-space objective.
-The presets (learner/presets.py) fix the sizes: `paper` as the authors' released configuration (METHOD-FACTS.md,
+The presets (learner/presets.py) fix the sizes: `paper` as the authors' released configuration (docs/design.md §5,
 and their reference code where the paper is silent), `ci` small enough to train at a few
 updates/s on two CPU cores at 32 px.
 
