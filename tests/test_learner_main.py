@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from actors.rollout import ActorConfig, RolloutWorker
+from common.cli import ConfigError
 from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
@@ -28,7 +29,7 @@ from common.processes import command_line, process_tree
 from common.replay import ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
 from common.weights import WeightsChannel
-from learner.loop import read_checkpoint
+from learner.loop import online_family, read_checkpoint
 from learner.publish import encode_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +175,15 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert resumed["weights_version"] > summary["weights_version"]
     assert resumed["actor_restarts"] >= summary["actor_restarts"]
     assert resumed["evals"][:len(summary["evals"])] == summary["evals"]
+
+
+def test_the_learner_takes_its_family_from_the_registry_and_refuses_one_it_cannot_train_online():
+    assert online_family("masklam-paper").name == "lam"
+    with pytest.raises(ConfigError, match="--method laom is a laom method, which has no online update yet") as error:
+        online_family("laom")
+    assert "lapo, masklam, masklam-paper" in error.value.fix
+    with pytest.raises(ConfigError, match="--method nope is unknown"):
+        online_family("nope")
 
 
 @pytest.mark.faults
