@@ -15,14 +15,14 @@ from common.codec import Chunk, encode_chunk
 from common.dataset import DatasetWriter
 from conftest import transition_data_of
 from learner import compare
-from learner.compare import CompareConfig, Job, run_job
+from learner.compare import CompareConfig, Job, LAOMFamilyConfig, run_job
 from learner.data import TransitionData, gather_windows
 from learner.downstream import DownstreamConfig, train_latent_bc
 from learner.lam.train import cosine_schedule
 from learner.laom import train as laom_train
 from learner.laom.augment import augment, shift_matrices, warp
 from learner.laom.batch import labelled_starts, make_batch
-from learner.laom.config import LAOMConfig, LAOMMethodConfig, LAOMModelConfig, LAOMOptimConfig, laom_config
+from learner.laom.config import LAOMConfig, LAOMModelConfig, LAOMOptimConfig, laom_config
 from learner.laom.train import (apply_update, build_model, feature_loss, laom_losses, load_model,
                                 target_and_weights, train_laom)
 from learner.methods import METHODS, family, latent_actions
@@ -226,17 +226,14 @@ def write_dataset(directory, seed: int, episodes: int = 5) -> str:
     return str(directory)
 
 
-def test_compare_runs_laom_labels_and_its_latents_feed_latent_bc(tmp_path, monkeypatch):
+def test_compare_runs_laom_labels_and_its_latents_feed_latent_bc(tmp_path):
     assert {"lapo", "masklam", "masklam-paper", "laom", "laom-labels", "laom-mask"} <= set(METHODS)
     assert family("laom-labels").name == "laom" and family("masklam").name == "lam"
     data = {name: write_dataset(tmp_path / name, seed) for seed, name in enumerate(("train", "indist", "eval"))}
-    tiny = tiny_config("laom-labels", label_budget=30)
-
-    def tiny_laom(preset, method, **overrides):  # the ci preset, shrunk to seconds
-        return dataclasses.replace(tiny, optim=dataclasses.replace(tiny.optim, **overrides))
-
-    monkeypatch.setattr(compare, "family", lambda method: dataclasses.replace(family(method), config=tiny_laom))
-    config = CompareConfig(methods="laom-labels", seeds=1, updates=3, batch_size=4, eval_every=2, probe_samples=60)
+    tiny = tiny_config("laom-labels", label_budget=30)  # the ci preset, shrunk to seconds
+    laom = LAOMFamilyConfig(model=tiny.model, optim=dataclasses.replace(tiny.optim, updates=3, batch_size=4),
+                            methods={"laom-labels": tiny.method})
+    config = CompareConfig(methods="laom-labels", seeds=1, eval_every=2, probe_samples=60, laom=laom)
     out = tmp_path / "run"
     metrics = run_job(Job("laom-labels", 0, data, str(out), config, expert_return=None))
     assert metrics["updates"] == 3 and metrics["config"]["method"]["labels"] is True

@@ -128,7 +128,7 @@ def test_missing_checkpoint_error_names_the_path_the_model_type_and_where_to_get
         load_sam("vit_b", str(missing))
     text = str(err.value)
     assert str(missing) in text and CHECKPOINTS_URL in text and "sam_vit_b_01ec64.pth" in text
-    with pytest.raises(SamCheckpointError, match="needs --sam-checkpoint"):
+    with pytest.raises(SamCheckpointError, match="needs --segmenter.sam-checkpoint"):
         load_sam("vit_h", None)
 
 
