@@ -204,9 +204,11 @@ class Learner:
         self._publish()
         self._start_evaluation()
         s = self.schedule
-        self.telemetry.note(f"phase: RL: rounds of {s.lam_updates_per_round} LAM and {s.policy_updates_per_round} "
-                            f"policy updates; weights v1 published, then every {s.publish_every} policy updates "
-                            f"(bootstrap took {self.history['bootstrap']['seconds']:.0f} s)")
+        kind = "latent BC + SAC" if s.rl else "latent BC only, RL off"
+        self.telemetry.note(f"phase: policy: rounds of {s.lam_updates_per_round} LAM and "
+                            f"{s.policy_updates_per_round} policy updates ({kind}); weights v1 published, then every "
+                            f"{s.publish_every} policy updates (bootstrap took "
+                            f"{self.history['bootstrap']['seconds']:.0f} s)")
 
     def _publish(self, bump: bool = True) -> None:
         """Publish the policy (as a new version unless `bump` is False: a resumed run re-publishing)."""
