@@ -123,3 +123,20 @@ def plot_return_vs_budget(methods: dict[str, dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_online_returns(runs: dict[str, list[dict]], path: Path) -> None:
+    """learner.main's evaluations: return (± standard error of the episode mean) against env
+    steps, one line per run (`runs`: label -> summary.json's `evals`)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, evals in runs.items():
+        steps = [e["env_steps"] for e in evals]
+        returns = [np.asarray(e["returns"], float) for e in evals]
+        mean = np.array([r.mean() for r in returns])
+        sem = np.array([r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0 for r in returns])
+        ax.errorbar(steps, mean, yerr=sem, marker="o", capsize=3, label=label)
+    ax.set(xlabel="env steps (decisions)", ylabel="evaluation return", title="online learner: evaluation return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
