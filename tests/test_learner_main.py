@@ -164,12 +164,13 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert (out / "checkpoint.pt").is_file()
     assert redis_server.password not in (out / "config.json").read_text()
 
-    steps = summary["env_steps"] + 600
-    with _learner([*common, "--resume", "--metrics-port", "0", "--total-env-steps", str(steps)], redis_server.url,
-                  tmp_path / "second.log") as second:
+    # bounded by time, not env steps: the torch-free actors can cover a step budget before the
+    # resumed learner has made its first update
+    with _learner([*common, "--resume", "--metrics-port", "0", "--max-minutes", "1.0", "--total-env-steps", "none"],
+                  redis_server.url, tmp_path / "second.log") as second:
         _finish(second, tmp_path / "second.log", timeout_s=300)
     resumed = json.loads((out / "summary.json").read_text())
-    assert resumed["resumed"] and resumed["env_steps"] >= steps
+    assert resumed["resumed"] and resumed["env_steps"] > summary["env_steps"]
     assert resumed["lam_updates"] > summary["lam_updates"]
     assert resumed["policy_updates"] > summary["policy_updates"]
     assert resumed["weights_version"] > summary["weights_version"]
