@@ -180,6 +180,9 @@ class Telemetry:
             "data_wait_fraction": (c.data_wait_seconds - base.data_wait_seconds) / loop_s,
             "samples_per_insert": stats.sampled_steps / stats.inserted_steps if stats.inserted_steps else None,
             "replay": dataclasses.asdict(stats),
+            # every actor's share, counted by the insert script: at scale, shows that each one wrote
+            "chunks_by_actor": {str(actor): {"chunks": chunks, "steps": steps}
+                                for actor, (chunks, steps) in sorted(self.replay.stored_by_actor().items())},
             "bootstrap": history["bootstrap"], "evals": evals, "probes": probes,
             "phases": phases(counters, history),
         }

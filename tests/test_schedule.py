@@ -68,6 +68,9 @@ def test_rounds_of_k_lam_and_m_policy_updates_bootstrap_gating_and_publish_caden
     assert (learner.counters.lam_updates, learner.counters.policy_updates) == (21, 10)
     assert learner.counters.weights_version == 3
     assert WeightsChannel(replay).version() == 3
+    summary = learner.summary()
+    assert summary["chunks_by_actor"] == {"0": {"chunks": 12, "steps": 96}}
+    assert summary["phases"]["rl"]["policy_updates"] == 10 and summary["phases"]["bootstrap"]["lam_updates"] == 6
 
 
 def test_no_policy_update_before_the_bootstrap(replay_factory, tmp_path):
