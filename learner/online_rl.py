@@ -13,7 +13,7 @@ Then every policy update, on one batch of windows sampled from the replay, does 
     frame stack (detached) besides z: the chunk's actions, rewards and termination flags.
 Design choices. The critic's state is the trunk's features, not z alone: z is a predicted
 latent *action*, and a critic cannot value a state from it (pose, velocities and where the
-agent is in its gait are in the frames, hence in h, not in z). The critic still acts from
+agent is in its gait are in the frames, hence in h, not in z). The policy still acts from
 pixels only, so nothing privileged enters training. SAC's gradients stop at z and h: the
 latent policy is the part learned from video and stays a latent-action predictor, trained
 by latent BC alone; RL adapts what turns latents into torques (the decoder, which the label
