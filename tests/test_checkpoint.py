@@ -77,3 +77,24 @@ def test_the_reader_refuses_garbage_pickles_and_other_kinds_with_a_fix(tmp_path)
     other = write_checkpoint({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match=r"is not a run checkpoint \(it lacks \['counters'\]\)"):
         read_checkpoint(other, kind="run checkpoint", required={"model", "counters"})
+
+
+def test_only_the_files_own_faults_are_could_not_be_read_a_device_error_is_the_devices(tmp_path):
+    """An empty file, a truncated archive, a folder or a missing file could not be read; a
+    whole checkpoint read onto a device that fails raises that device's error, never
+    "could not be read" (which would send the user after a file that is fine)."""
+    path = write_checkpoint({"model": {"w": torch.ones(4)}}, tmp_path / "checkpoint.pt")
+    whole = path.read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(whole[:len(whole) // 2])
+    for bad in ("empty.pt", "truncated.pt", "missing.pt", ""):
+        with pytest.raises(ConfigError, match="could not be read"):
+            read_checkpoint(tmp_path / bad)
+    try:  # a device this machine cannot map to, whether or not it has a GPU
+        torch.empty(1, device="cuda:99")
+    except Exception as exc:  # noqa: BLE001 (whatever torch raises for it, read_checkpoint must raise too)
+        device_error = type(exc)
+    with pytest.raises(device_error) as error:
+        read_checkpoint(path, "cuda:99")
+    assert not isinstance(error.value, ConfigError)
+    assert read_checkpoint(path, "cpu")["model"]["w"].device.type == "cpu"

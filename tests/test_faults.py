@@ -276,6 +276,32 @@ def test_sampling_dead_letters_bad_chunks_and_still_returns_valid_batches(replay
     assert not any(r.exists(k.chunk(c)) or r.exists(k.mask(c)) for c in bad)
 
 
+def test_the_bootstraps_read_dead_letters_bad_chunks_and_goes_on(replay_factory):
+    """`newest_ready` (what the bootstrap trains on) meets a corrupt blob, a blob of another
+    chunk, short and non-binary masks and an oversized blob among good chunks: each is
+    dead-lettered, the read returns every good chunk, and a second read finds nothing bad."""
+    replay = replay_factory(max_chunk_bytes=20_000)
+    r, k = replay.redis, replay.keys
+    ids = [replay.insert(synthetic_chunk(num_steps=8, first_step=20 * i)) for i in range(8)]
+    bad = {ids[1]: lambda c: r.set(k.chunk(c), FOREIGN[:500]),
+           ids[3]: lambda c: r.set(k.chunk(c), replay.get_chunk_blob(ids[0])),
+           ids[4]: lambda c: r.set(k.mask(c), b"\x01" * 64),
+           ids[5]: lambda c: r.set(k.mask(c), b"\x07" * 9 * 64),
+           ids[6]: lambda c: r.set(k.chunk(c), b"\x00" * 40_000)}
+    for cid, corrupt in bad.items():
+        corrupt(cid)
+    good = [cid for cid in ids if cid not in bad]
+    assert [c.chunk_id for c in replay.newest_ready(max_steps=10**6)] == good
+    errors = {int(x["chunk_id"]): x for x in map(json.loads, r.lrange(k.dead_letter, 0, -1))}
+    assert sorted(errors) == sorted(bad) and replay.stats().dead_letters == len(bad)
+    assert {x["source"] for x in errors.values()} == {"newest_ready"}
+    assert "not valid msgpack" in errors[ids[1]]["error"] and "carries chunk id" in errors[ids[3]]["error"]
+    assert "need 576" in errors[ids[4]]["error"] and "not binary" in errors[ids[5]]["error"]
+    assert errors[ids[6]]["error"].startswith("ChunkTooLarge")
+    assert [c.chunk_id for c in replay.newest_ready(max_steps=16)] == good[-2:]  # the newest two chunks' 16 steps
+    assert replay.stats().dead_letters == len(bad)
+
+
 def test_segmenter_dead_letters_bad_stream_entries_and_goes_on(redis_server, replay_factory):
     replay = replay_factory(max_chunk_bytes=20_000)
     r, k = replay.redis, replay.keys

@@ -229,26 +229,49 @@ class ReplayClient:
 
     def newest_ready(self, max_steps: int) -> list[Chunk]:
         """The newest ready chunks holding up to `max_steps` transitions, oldest first, each with
-        the masks the segmenter served (not the ground truth it carries)."""
+        the masks the segmenter served (not the ground truth it carries). A chunk that fails a
+        check is dead-lettered and the read goes on without it."""
         chunks: list[Chunk] = []
-        steps = start = 0
+        steps, below = 0, "+inf"
         while steps < max_steps:
-            ids = self.guard.call(self.redis.zrevrange, self.keys.ready, start, start + NEWEST_PAGE - 1)
+            # paged by id (ids are the scores), so chunks made ready or refused meanwhile shift nothing
+            ids = [int(i) for i in self.guard.call(self.redis.zrevrangebyscore, self.keys.ready, below, "-inf",
+                                                   start=0, num=NEWEST_PAGE)]
             if not ids:
                 break
-            start += len(ids)
-            blobs = self.get_chunk_blobs([int(i) for i in ids])
+            below = f"({ids[-1]}"
+            blobs = self.get_chunk_blobs(ids)
             masks = self.guard.call(self.redis.mget, [self.keys.mask(i) for i in ids])
-            for blob, mask in zip(blobs, masks):
-                if not isinstance(blob, bytes) or mask is None:
-                    continue  # evicted (or refused) since it was listed
-                chunk = decode_chunk(blob)
-                chunk.masks = np.frombuffer(mask, np.uint8).reshape(chunk.masks.shape)
+            for chunk_id, blob, mask in zip(ids, blobs, masks):
+                if blob is None or mask is None:
+                    continue  # evicted since it was listed
+                try:
+                    chunk = self._ready_chunk(chunk_id, blob, mask)
+                except ChunkDecodeError as exc:
+                    head = blob if isinstance(blob, bytes) else b""
+                    self.dead_letter(chunk_id, f"{type(exc).__name__}: {exc}", head, source="newest_ready")
+                    continue
                 chunks.append(chunk)
                 steps += chunk.num_steps
                 if steps >= max_steps:
                     break
         return chunks[::-1]
+
+    def _ready_chunk(self, chunk_id: int, blob: bytes | ChunkDecodeError, mask: bytes) -> Chunk:
+        """The chunk stored under `chunk_id` with its served masks; ChunkDecodeError if either is malformed."""
+        if isinstance(blob, ChunkDecodeError):
+            raise blob
+        chunk = decode_chunk(blob, self.config.max_chunk_bytes)
+        if chunk.chunk_id != chunk_id:
+            raise ChunkDecodeError(f"blob stored under chunk id {chunk_id} carries chunk id {chunk.chunk_id}")
+        masks = np.frombuffer(mask, np.uint8)
+        if masks.size != chunk.masks.size:
+            raise ChunkDecodeError(f"masks are {masks.size} bytes; {chunk.masks.shape[0]} frames of "
+                                   f"{chunk.masks.shape[1]}x{chunk.masks.shape[2]} need {chunk.masks.size}")
+        if masks.max(initial=0) > 1:
+            raise ChunkDecodeError("masks are not binary (0 = background, 1 = agent)")
+        chunk.masks = masks.reshape(chunk.masks.shape)
+        return chunk
 
     @_waits_out_outages
     def chunk_ids_after(self, last_id: int, limit: int = 1000) -> list[int]:
