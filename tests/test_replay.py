@@ -18,6 +18,9 @@ from common.codec import decode_chunk
 from common.replay import (EmbeddedRedis, RateLimiter, RateLimiterConfig, RateLimiterTimeout, RedisServerNotFound,
                            ReplayClient, ReplayConfig, find_redis_server)
 from conftest import synthetic_chunk
+from segmenter.backends import OracleBackend
+from segmenter.config import SegmenterConfig
+from segmenter.service import SegmenterService
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,6 +191,55 @@ def test_rate_limiter_times_out_with_a_named_reason(replay_factory):
     limiter = RateLimiter(replay_factory(), RateLimiterConfig(samples_per_insert=1, min_ready_steps=10))
     with pytest.raises(RateLimiterTimeout, match="waited .* to sample"):
         limiter.await_sample(4, timeout_s=0.2)
+
+
+class SlowOracle(OracleBackend):
+    """The oracle at a set pace: a segmenter far slower than the actors (SAM on a CPU)."""
+
+    def __init__(self, seconds_per_batch: float):
+        self.seconds_per_batch = seconds_per_batch
+
+    def segment(self, chunks):
+        time.sleep(self.seconds_per_batch)
+        return super().segment(chunks)
+
+
+def test_a_slow_segmenter_holds_the_actors_back_and_loses_no_chunk(redis_server, replay_factory):
+    """Two writers insert chunks for the segmenter through the rate limiter, as fast as it lets
+    them, into a replay of 24 chunks; a real segmenter service, slowed to about 25 chunks/s,
+    masks them. The ratio is off, so only the segmenter's backlog holds the writers: FIFO
+    eviction runs all along, yet every chunk is segmented before it is evicted."""
+    config = RateLimiterConfig(samples_per_insert=0.0, min_ready_steps=0, max_unsegmented_chunks=8)
+    writers, per_writer = 2, 60
+    backlog: list[int] = []
+
+    def write(actor: int) -> None:
+        client = replay_factory(capacity_chunks=24)
+        limiter = RateLimiter(client, config)
+        for i in range(per_writer):
+            limiter.await_insert(8)
+            client.insert(synthetic_chunk(num_steps=8, first_step=10 * i, actor_id=actor), segment=True)
+            backlog.append(client.stats().unsegmented_chunks)
+
+    replay = replay_factory(capacity_chunks=24)
+    service = SegmenterService(SegmenterConfig(batch_frames=40, max_wait_ms=50, poll_ms=50), redis_server.url,
+                               replay.config)
+    service.backend = SlowOracle(seconds_per_batch=0.2)
+    serving = threading.Thread(target=service.run, kwargs={"max_seconds": 120})
+    serving.start()
+    threads = [threading.Thread(target=write, args=(a,)) for a in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replay.wait_for(lambda s: s.unsegmented_chunks == 0, timeout_s=60)
+    service.stop()
+    serving.join()
+    stats = replay.stats()
+    assert stats.inserted_chunks == writers * per_writer and stats.evicted_chunks >= writers * per_writer - 24
+    assert service.stats.evicted == 0 and stats.ready_chunks == writers * per_writer  # each one segmented
+    assert max(backlog) <= config.max_unsegmented_chunks + writers
+    assert stats.insert_wait_s > 0
 
 
 @pytest.mark.faults

@@ -73,7 +73,8 @@ class ReplayConfig:
 
 @dataclass
 class ReplayStats:
-    """Counters of one run's replay (cumulative unless named `stored`)."""
+    """Counters of one run's replay: cumulative, except those named `stored` and
+    `unsegmented_chunks`, which count what the replay holds now."""
 
     inserted_chunks: int = 0
     inserted_steps: int = 0
@@ -89,6 +90,7 @@ class ReplayStats:
     dead_letters: int = 0
     insert_wait_s: float = 0.0
     sample_wait_s: float = 0.0
+    unsegmented_chunks: int = 0  # on the to-segment queue: not yet finished by a segmenter
 
 
 def _waits_out_outages(method: Callable[..., R]) -> Callable[..., R]:
@@ -309,9 +311,15 @@ class ReplayClient:
 
     @_waits_out_outages
     def stats(self) -> ReplayStats:
-        raw = {k.decode(): v for k, v in self.redis.hgetall(self.keys.stats).items()}
+        """The counters, the chunks stored and those waiting for the segmenter, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        pipe.zcard(self.keys.order)
+        pipe.xlen(self.keys.to_segment)
+        counters, stored, unsegmented = pipe.execute()
+        raw = {k.decode(): v for k, v in counters.items()}
         values = {f.name: type(f.default)(float(raw[f.name])) for f in fields(ReplayStats) if f.name in raw}
-        return ReplayStats(**values, stored_chunks=int(self.redis.zcard(self.keys.order)))
+        return ReplayStats(**values, stored_chunks=int(stored), unsegmented_chunks=int(unsegmented))
 
     @_waits_out_outages
     def stored_by_actor(self) -> dict[int, tuple[int, int]]:

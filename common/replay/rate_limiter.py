@@ -6,7 +6,15 @@ quantity `diff = ready_steps * spi - sampled_steps` must stay within
 The learner waits when sampling would push `diff` below the band (not enough new
 data); actors wait when inserting would push it above (data no one will sample). Both
 sides poll the shared counters with a growing back-off and report time spent waiting.
-`spi = 0` switches limiting off (sampling still waits for `min_ready_steps`).
+`spi = 0` switches the ratio off (sampling still waits for `min_ready_steps`).
+
+The ratio counts ready (segmented) steps, the ones the learner can sample. Actors also
+wait while `max_unsegmented_chunks` chunks are on the to-segment queue, whatever the
+ratio: a segmenter slower than the actors then holds them back instead of letting the
+queue grow until FIFO eviction drops chunks that were never segmented. (Counting inserted
+steps in the ratio, as Reverb does, would bound that queue only through the learner's
+pace and not at all with `spi = 0`; a bound of its own holds whatever the ratio, and
+keeps the masks' latency, hence the data's age, bounded too.)
 """
 
 from __future__ import annotations
@@ -21,9 +29,12 @@ from common.replay.client import ReplayClient, ReplayStats
 class RateLimiterConfig:
     """How many times each inserted step should be sampled, and how loosely."""
 
-    samples_per_insert: float = field(default=8.0, metadata={"help": "target sampled/inserted steps; 0 = no limit"})
+    samples_per_insert: float = field(default=8.0, metadata={"help": "target sampled/inserted steps; 0 = no ratio limit"})
     min_ready_steps: int = field(default=1_000, metadata={"help": "ready steps before the learner may sample"})
     error_buffer: float = field(default=20_000.0, metadata={"help": "slack of the ratio band, in sampled steps"})
+    max_unsegmented_chunks: int = field(default=256, metadata={
+        "help": "actors wait while this many chunks wait for the segmenter (below the replay's capacity, so "
+                "that no chunk is evicted before it is segmented)"})
 
 
 class RateLimiterTimeout(TimeoutError):
@@ -34,6 +45,8 @@ class RateLimiter:
     def __init__(self, replay: ReplayClient, config: RateLimiterConfig, max_poll_s: float = 0.2):
         if config.samples_per_insert < 0 or config.error_buffer < 0 or config.min_ready_steps < 0:
             raise ValueError("rate limiter settings must be non-negative")
+        if config.max_unsegmented_chunks < 1:
+            raise ValueError("--limiter.max-unsegmented-chunks must be at least 1")
         self.replay = replay
         self.config = config
         self.max_poll_s = max_poll_s
@@ -51,10 +64,10 @@ class RateLimiter:
         return self.config.samples_per_insert == 0 or self._diff(stats) - steps >= self.min_diff
 
     def can_insert(self, steps: int, stats: ReplayStats | None = None) -> bool:
-        if self.config.samples_per_insert == 0:
-            return True
         stats = stats or self.replay.stats()
-        if stats.ready_steps < self.config.min_ready_steps:
+        if stats.unsegmented_chunks >= self.config.max_unsegmented_chunks:
+            return False
+        if self.config.samples_per_insert == 0 or stats.ready_steps < self.config.min_ready_steps:
             return True
         return self._diff(stats) + steps * self.config.samples_per_insert <= self.max_diff
 
