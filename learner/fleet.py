@@ -15,9 +15,12 @@ calls it cut off.
 Restarts: Ray restarts a crashed rollout actor or segmenter and re-runs the call the crash
 interrupted. A rollout actor's next report carries a new `incarnation`, a segmenter's
 summary (asked for every SEGMENTER_CHECK_S) a new `consumer` name: each change is counted
-as a restart. One out of restarts is replaced by a new one in its slot (also counted).
-An actor that dies before it ever reported, or an exception raised by actor code (a bug,
-not a crash), stops the fleet; `check()` raises it in the learner.
+as a restart. One out of restarts is replaced by a new one in its slot (also counted), at
+most `max_replacements` times per slot: a slot that needs more is in a crash loop (an env
+or backend that keeps dying), which no new actor fixes, and the fleet stops with
+`FleetFailed` instead of letting the learner wait for data forever. An actor that dies
+before it ever reported, or an exception raised by actor code (a bug, not a crash), stops
+the fleet too; `check()` raises the error in the learner.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ SEGMENTER_CHECK_S = 5.0
 RECENT_RETURNS = 20
 
 
+class FleetFailed(RuntimeError):
+    """A slot's actor kept crashing after every replacement: the run cannot go on."""
+
+
 @dataclass
 class FleetTotals:
     """What the actors reported since the fleet started."""
@@ -64,9 +71,10 @@ class ActorFleet:
 
     def __init__(self, num_actors: int, env: EnvConfig, actor: ActorConfig, segmenter: SegmenterConfig,
                  num_segmenters: int, replay_url: str, replay: ReplayConfig, limiter: RateLimiterConfig,
-                 max_restarts: int = 3):
+                 max_restarts: int = 3, max_replacements: int = 2):
         self._start_args = (env, actor, replay_url, replay, limiter)
-        self.max_restarts = max_restarts
+        self.max_restarts, self.max_replacements = max_restarts, max_replacements
+        self._replaced = {"rollout": [0] * num_actors, "segmenter": [0] * num_segmenters}
         self.steps_per_call = actor.chunk_length * actor.envs_per_actor
         self.segmenter_config, self.replay_url, self.replay_config = segmenter, replay_url, replay
         self._replay = ReplayClient(replay_url, replay)
@@ -105,7 +113,9 @@ class ActorFleet:
                            min_weights_version=min(self._versions, default=0))
 
     def check(self) -> None:
-        """Raise the error that stopped the fleet, if one did."""
+        """Raise the error that stopped the fleet, if one did (FleetFailed as it is)."""
+        if isinstance(self._error, FleetFailed):
+            raise self._error
         if self._error is not None:
             raise RuntimeError("the actor fleet stopped") from self._error
 
@@ -169,7 +179,10 @@ class ActorFleet:
                         self._finish_segmenter(ref)
                     else:
                         self._check_segmenter(ref)
-        except BaseException as exc:  # surfaced in the learner by check()
+        except FleetFailed as exc:  # surfaced in the learner by check()
+            log.error("%s", exc)
+            self._error = exc
+        except BaseException as exc:
             log.exception("actor fleet stopped")
             self._error = exc
 
@@ -177,10 +190,10 @@ class ActorFleet:
         index = self._calls.pop(ref)
         try:
             report: RolloutReport = ray.get(ref)
-        except RayActorError:
+        except RayActorError as exc:
             if self._incarnations[index] is None:
                 raise  # it never got going: a setting or environment problem, not a crash
-            self._replace_actor(index)
+            self._replace_actor(index, exc)
             return
         with self._lock:
             self._fold(index, report)
@@ -201,9 +214,22 @@ class ActorFleet:
         totals.max_weights_version = max(totals.max_weights_version, report.policy_version)
         self._returns.extend(report.episode_returns)
 
-    def _replace_actor(self, index: int) -> None:
+    def _spend_replacement(self, role: str, index: int, error: RayActorError) -> None:
+        """Count a replacement of slot `index`; FleetFailed once the slot has had all of its own."""
+        replaced = self._replaced[role]
+        if replaced[index] >= self.max_replacements:
+            raise FleetFailed(
+                f"{role} actor {index} ran out of its {self.max_restarts} restarts {replaced[index] + 1} times "
+                f"(--max-restarts {self.max_restarts}, --max-replacements {self.max_replacements}): it is crashing "
+                f"in a loop ({str(error).splitlines()[0][:200]}); its log is in the Ray session's logs/ folder "
+                "(/tmp/ray/session_latest/logs for a local Ray)") from error
+        replaced[index] += 1
+        log.warning("%s actor %d is out of restarts; starting a new one (replacement %d of %d)", role, index,
+                    replaced[index], self.max_replacements)
+
+    def _replace_actor(self, index: int, error: RayActorError) -> None:
         """Ray gave up restarting this actor: start a new one in its slot (its first report counts the restart)."""
-        log.warning("rollout actor %d is out of restarts; starting a new one", index)
+        self._spend_replacement("rollout", index, error)
         for ref in [r for r, i in self._calls.items() if i == index]:
             del self._calls[ref]
         env, actor, url, replay, limiter = self._start_args
@@ -230,8 +256,8 @@ class ActorFleet:
             return
         try:
             ray.get(ref)
-        except RayActorError:
-            log.warning("segmenter %d is out of restarts; starting a new one", index)
+        except RayActorError as exc:
+            self._spend_replacement("segmenter", index, exc)
             with self._lock:
                 self._totals.segmenter_restarts += 1
             (self.segmenters[index],) = start_segmenters(1, self.segmenter_config, self.replay_url,

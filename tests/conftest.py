@@ -10,6 +10,7 @@ import pytest
 
 import common.envs  # noqa: F401  (first: sets MUJOCO_GL before any test imports mujoco)
 from common.codec import Chunk
+from common.processes import command_line, process_tree
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 from common.windows import Windows
 from learner.data import TransitionData
@@ -35,6 +36,11 @@ def replay_factory(redis_server):
     yield make
     if clients:
         clients[0].clear()
+
+
+def actor_pids(root_pid: int, actor_class: str) -> list[int]:
+    """Ray worker processes of `actor_class` actors among the descendants of `root_pid`."""
+    return [pid for pid in process_tree(root_pid) if f"ray::{actor_class}" in command_line(pid)]
 
 
 def synthetic_chunk(num_steps: int = 8, size: int = 8, action_dim: int = 3, first_step: int = 0,

@@ -36,11 +36,12 @@ from common.codec import SCHEMA_VERSION, encode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.metrics import Metrics
-from common.replay import EmbeddedRedis, RedisUnavailable, ReplayClient, ReplayConfig
+from common.replay import EmbeddedRedis, RateLimiterConfig, RedisUnavailable, ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
 from common.replay.safety import required_maxmemory
 from common.weights import WeightsChannel
-from conftest import synthetic_chunk
+from conftest import actor_pids, synthetic_chunk
+from learner.fleet import ActorFleet, FleetFailed
 from learner.loop import read_checkpoint
 from learner.publish import encode_policy
 from segmenter.config import SegmenterConfig
@@ -549,6 +550,41 @@ def test_a_killed_segmenter_actor_is_restarted_and_its_batch_finished(redis_serv
         ray.get(actor.stop.remote(), timeout=60)
         summary = ray.get(running, timeout=60)
         assert summary["chunks"] == 5 and summary["consumer"] != consumer["name"].decode()
+    finally:
+        ray.shutdown()
+
+
+def test_a_crash_looping_rollout_actor_fails_the_run_once_its_replacements_are_spent(redis_server, replay_factory):
+    """A rollout actor whose process dies again and again (SIGKILL, as a crashing env would):
+    with no Ray restarts and one replacement, the fleet replaces it once, then stops with a
+    FleetFailed that names the slot, the flags and where its log is, instead of starting new
+    actors forever while the learner waits for data."""
+    replay = replay_factory()
+    env = EnvConfig(env_id="HalfCheetah-v5", image_size=16, render_size=32, max_episode_steps=30)
+    init_ray(None, logical_cpus=2)
+    try:
+        fleet = ActorFleet(1, env, ActorConfig(chunk_length=8), SegmenterConfig(), 0, redis_server.url,
+                           replay.config, RateLimiterConfig(samples_per_insert=0, min_ready_steps=0),
+                           max_restarts=0, max_replacements=1)
+        deadline = time.monotonic() + 240
+        while fleet.totals().env_steps == 0:  # reporting: a crash from now on is not a start-up failure
+            fleet.check()
+            assert time.monotonic() < deadline, "the actor never reported"
+            time.sleep(0.1)
+        killed: set[int] = set()
+        with pytest.raises(FleetFailed) as failure:
+            while True:
+                fleet.check()
+                assert time.monotonic() < deadline, f"the fleet is still replacing its actor ({len(killed)} killed)"
+                for pid in set(actor_pids(os.getpid(), "RolloutWorker")) - killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+                time.sleep(0.1)
+        assert len(killed) == 2  # the first actor and its one replacement
+        message = str(failure.value)
+        assert message.startswith("rollout actor 0 ran out of its 0 restarts 2 times")
+        assert "--max-replacements 1" in message and "crashing in a loop" in message and "logs" in message
+        fleet.stop(timeout_s=10)
     finally:
         ray.shutdown()
 

@@ -25,12 +25,13 @@ from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
 from common.metrics import scrape_metrics
-from common.processes import command_line, process_tree
+from common.processes import process_tree
 from common.replay import ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
 from common.weights import WeightsChannel
 from learner.loop import online_family, read_checkpoint
 from learner.publish import encode_policy
+from tests.conftest import actor_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "ci", "--num-actors", "4", "--segmenter", "oracle", "--image-size", "16", "--render-size", "32",
@@ -56,11 +57,6 @@ def test_actor_picks_up_published_weights_between_calls(redis_server, replay_fac
     worker.close()
     assert second.policy_version == 3
     assert replay.stats().inserted_steps == 16  # two full 8-step chunks (HalfCheetah never ends early)
-
-
-def _actor_pids(root_pid: int, actor_class: str) -> list[int]:
-    """Ray worker processes of `actor_class` actors among the descendants of `root_pid`."""
-    return [pid for pid in process_tree(root_pid) if f"ray::{actor_class}" in command_line(pid)]
 
 
 @contextlib.contextmanager
@@ -136,7 +132,7 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
             published = scraped.get('masklam_learner_weights_version', 0)
             if not killed and published >= 1:
                 # Ray restarts both; the learner must count the restarts, and the run go on
-                killed = [*_actor_pids(first.pid, "RolloutWorker")[:1], *_actor_pids(first.pid, "SegmenterService")]
+                killed = [*actor_pids(first.pid, "RolloutWorker")[:1], *actor_pids(first.pid, "SegmenterService")]
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(1.0)
