@@ -30,7 +30,7 @@ class ExportConfig:
 
 def export_expert(folder: str | Path) -> Path:
     """Write FOLDER/actor.onnx from FOLDER/actor.pt and FOLDER/expert.json; returns its path."""
-    folder = Path(folder)
+    folder = Path(folder).absolute()  # as typed, from the current directory (not the repository's)
     try:
         record = json.loads((folder / "expert.json").read_text())
     except FileNotFoundError:
