@@ -24,6 +24,7 @@ from common.config import config_to_dict
 from common.dataset import DatasetWriter, iter_chunks, read_description
 from common.envs import EnvConfig, env_spec
 from common.experts import expert_record
+from common.paths import in_repo
 from common.replay import ReplayClient, ReplayConfig
 from common.windows import STEP_ARRAYS, Windows
 
@@ -161,7 +162,8 @@ def collection_bytes(spec: DatasetSpec) -> int:
 
 
 def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
-    """Collect `spec` under ROOT/<key>/ unless a complete dataset with that key is there.
+    """Collect `spec` under ROOT/<key>/ unless a complete dataset with that key is there
+    (a relative ROOT is the repository's, `common.paths`: every command shares one cache).
 
     One actor runs in this process (the same `RolloutWorker` class, without Ray's start-up
     cost); more run as Ray actors through `actors.collect`.
@@ -169,7 +171,7 @@ def ensure_dataset(spec: DatasetSpec, root: str | Path, redis_url: str) -> Path:
     from actors.collect import CollectConfig, run_collection  # heavy (Ray); only when collecting
     from actors.rollout import ActorConfig
 
-    directory = Path(root) / f"{spec.env.env_id}-{spec.env.distractor}-{spec.split}-{spec.key()}"
+    directory = in_repo(root) / f"{spec.env.env_id}-{spec.env.distractor}-{spec.split}-{spec.key()}"
     done = directory / "complete.json"
     if done.is_file():
         return directory
