@@ -13,11 +13,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from common.cli import ConfigError
-from common.experts import ExpertNotFoundError, expert_record
+from common.dataset import iter_chunks
+from common.experts import ExpertNotFoundError, expert_record, load_expert_graph
+from learner.compare import dataset_specs, parse_compare_config
+from learner.data import ensure_dataset
 from learner.experts import (CHECKPOINT, ExpertConfig, evaluate, make_expert_env, prepare_output, train_expert,
                              updates_after)
 from learner.rl.sac import SACAgent, SACConfig
@@ -149,3 +153,23 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="--total-steps 10 is below"):
         prepare_output(replace(config, resume=True, total_steps=10))
     assert prepare_output(replace(config, resume=True, total_steps=90)) is not None
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5"])
+def test_expert_datasets_of_the_thin_bodied_tasks_collect_through_compares_specs(env_id, tmp_path, redis_server):
+    """learner.compare's dataset path (its specs, ensure_dataset, a rollout worker acting with
+    the committed expert's graph) on a few decisions: each action is the expert's plus the
+    spec's Gaussian noise, not a random action."""
+    config = parse_compare_config(["--preset", "ci", "--env", env_id, "--train-steps", "64", "--heldout-steps", "16",
+                                   "--downstream.label-budgets", "16", "--data-dir", str(tmp_path),
+                                   "--redis-url", redis_server.url])
+    spec = dataset_specs(config)["train"]
+    assert spec.policy == "expert" and spec.action_noise == pytest.approx(0.1)
+    directory = ensure_dataset(spec, config.data_dir, redis_server.url)
+    chunks = list(iter_chunks(directory))
+    states = np.concatenate([chunk.states[:-1] for chunk in chunks])
+    actions = np.concatenate([chunk.actions for chunk in chunks])
+    assert len(actions) >= 64
+    graph, _ = load_expert_graph(env_id, config.env.action_repeat)
+    residual = actions - graph.run(states=states)["actions"]
+    assert 0.03 < residual.std() < 0.12 and np.abs(residual).max() < 0.6, residual.std()
