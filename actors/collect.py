@@ -21,15 +21,16 @@ import ray
 import tyro
 
 from actors.rollout import ActorConfig, RolloutReport, start_rollout_actors
-from common.cli import ConfigError, config_errors, run_main
-from common.cluster import init_ray
-from common.config import config_to_dict, parse, save_resolved_config
+from common.cli import run_main
+from common.cluster import check_ray_address, init_ray
+from common.config import (at_least, blame, config_to_dict, parse, redis_url, require, save_resolved_config,
+                           writable)
 from common.dataset import DatasetWriter
 from common.envs import EnvConfig, env_spec
-from common.envs.distractors import check_config
-from common.envs.pixels import task_view
 from common.progress import Progress
 from common.replay import ReplayClient, ReplayConfig, redis_url_or_embedded
+
+READ_BACK_WINDOW = 4  # frames per transition sampled back at the end (a 3-frame stack and the next)
 
 
 @dataclass
@@ -46,6 +47,18 @@ class CollectConfig:
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def validate(self) -> None:
+        """Each part checks itself (common.config.validate); here, what holds across the parts."""
+        at_least(self, 1, "num_actors", "total_env_steps", "check_batch")
+        writable(self, "out")
+        redis_url(self)
+        with blame("ray_address", "pass auto, local, ray://HOST:PORT or HOST:PORT"):
+            check_ray_address(self.ray_address)
+        with blame("actor"):
+            self.actor.check_expert(self.env)
+        require(self.actor.chunk_length + 1 >= READ_BACK_WINDOW, "actor.chunk_length", f"gives chunks shorter than "
+                f"the {READ_BACK_WINDOW} frames read back to check the replay", f"pass {READ_BACK_WINDOW - 1} or more")
 
 
 def drain_new_chunks(replay: ReplayClient, writer: DatasetWriter, last_id: int) -> int:
@@ -96,7 +109,7 @@ def run_collection(config: CollectConfig, redis_url: str) -> dict:
 def _read_back(replay: ReplayClient, batch: int, seed: int) -> dict:
     """Sample a batch of 3-frame stacks + next frame and check it is well formed."""
     t0 = time.perf_counter()
-    windows = replay.sample(batch, window=4, rng=np.random.default_rng(seed))
+    windows = replay.sample(batch, window=READ_BACK_WINDOW, rng=np.random.default_rng(seed))
     ms = 1000 * (time.perf_counter() - t0)
     return {"batch": batch, "frames_shape": list(windows.frames.shape), "sample_ms": ms,
             "mask_fraction": float(windows.masks.mean()), "frame_std": float(windows.frames.std()),
@@ -138,11 +151,6 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse(CollectConfig, argv, "python -m actors.collect")
-    if config.num_actors < 1 or config.total_env_steps < 1:
-        raise ConfigError("--num-actors and --total-env-steps must be at least 1", "pass positive numbers")
-    with config_errors("see python -m actors.collect --help"):
-        check_config(config.env)
-        task_view(config.env.env_id)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, out)

@@ -35,8 +35,9 @@ import ray
 from actors.policies import BehaviourPolicy, CorrelatedRandomPolicy, ExpertPolicy, PixelPolicyBehaviour
 from common import metrics as m
 from common.codec import Chunk
+from common.config import at_least, blame, in_range
 from common.envs import EnvConfig, Observation, make_env
-from common.experts import load_expert_graph
+from common.experts import expert_record, load_expert_graph
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient, ReplayConfig
 from common.weights import WeightsChannel, WeightsDecodeError
 
@@ -60,6 +61,22 @@ class ActorConfig:
     split: Literal["train", "eval"] = field(default="train", metadata={"help": "background split the actors use"})
     segment: bool = field(default=False, metadata={"help": "send chunks to the segmenter instead of using ground-truth masks"})
     seed: int = field(default=0, metadata={"help": "base seed of envs and policies"})
+
+    def validate(self) -> None:
+        at_least(self, 1, "envs_per_actor", "chunk_length")
+        in_range(self, "action_correlation", -1.0, 1.0)
+        at_least(self, 0, "action_noise", "seed")
+
+    @property
+    def uses_expert(self) -> bool:
+        return self.policy == "expert" or (self.policy == "latent" and self.initial_policy == "expert")
+
+    def check_expert(self, env: EnvConfig) -> None:
+        """Refuse (blaming expert_dir) an expert policy without a committed expert for `env`: the
+        actors would find out only once they start. For the config that holds both (validate())."""
+        if self.uses_expert:
+            with blame("expert_dir"):
+                expert_record(env.env_id, env.action_repeat, self.expert_dir)
 
 
 @dataclass

@@ -25,9 +25,10 @@ import tyro
 
 from actors.rollout import ActorConfig, RolloutActor, RolloutWorker, env_seed
 from benchmarks.report import write_report
+from common.cli import run_main
 from common.cluster import init_ray
 from common.codec import decode_chunk
-from common.config import parse
+from common.config import at_least, blame, parse, require, writable
 from common.envs import EnvConfig, make_env
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig, connect
 
@@ -44,6 +45,14 @@ class RolloutBenchConfig:
     repeats: int = field(default=20, metadata={"help": "timed repetitions of each replay measurement"})
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
+
+    def validate(self) -> None:
+        writable(self, "out", folder=False)
+        at_least(self, 1, "env_steps", "batch", "window", "replay_chunks", "repeats")
+        require(self.window <= self.actor.chunk_length + 1, "window", f"is more than the {self.actor.chunk_length + 1}"
+                " frames of a chunk (--actor.chunk-length)", "pass a shorter window, or longer chunks")
+        with blame("actor"):
+            self.actor.check_expert(self.env)
 
 
 def bare_steps_per_s(env_config: EnvConfig, steps: int, seed: int) -> float:
@@ -184,4 +193,4 @@ def print_table(figures: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

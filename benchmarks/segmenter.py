@@ -34,13 +34,15 @@ import tyro
 
 from actors.rollout import ActorConfig, RolloutWorker
 from benchmarks.report import write_report
+from common.cli import run_main
 from common.codec import Chunk, decode_chunk
-from common.config import parse
+from common.config import at_least, blame, comma_list, parse, positive_int, writable
+from common.devices import check_device
 from common.envs import EnvConfig
 from common.metrics import Metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 from segmenter.backends.sam import SamConfig
-from segmenter.backends.sam_models import BUILDERS
+from segmenter.backends.sam_models import BUILDERS, check_sam_checkpoint
 from segmenter.backends.student import StudentConfig
 from segmenter.config import SegmenterConfig
 from segmenter.service import SegmenterService
@@ -67,6 +69,22 @@ class SegmenterBenchConfig:
         "help": "torch CPU threads (0 = one per core; 1 is fastest when other jobs share the cores)"})
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     actor: ActorConfig = field(default_factory=ActorConfig)
+
+    def batches(self) -> list[int]:
+        return comma_list(self, "batch_sizes", positive_int, "a positive batch size", "pass sizes such as 64,256")
+
+    def validate(self) -> None:
+        writable(self, "out", folder=False)
+        at_least(self, 1, "train_steps", "eval_steps", "sam_chunks", "sam_batch_frames")
+        at_least(self, 0, "torch_threads")
+        self.batches()
+        if self.sam_checkpoint:
+            with blame("sam_checkpoint", "pass a checkpoint of --sam-model-type, or none for random weights"):
+                check_sam_checkpoint(self.sam_model_type, self.sam_checkpoint)
+        with blame("device", "pass cpu, auto, or a GPU this machine has"):
+            check_device(self.device)
+        with blame("actor"):
+            self.actor.check_expert(self.env)
 
 
 def collect(config: SegmenterBenchConfig, url: str, split: str, steps: int) -> tuple[list[Chunk], float]:
@@ -160,7 +178,7 @@ def bench_sam(config: SegmenterBenchConfig, url: str, held_out: list[Chunk]) -> 
 def main(argv: list[str] | None = None) -> int:
     config = parse(SegmenterBenchConfig, argv, "python -m benchmarks.segmenter")
     out = Path(config.out)
-    batch_sizes = [int(b) for b in config.batch_sizes.split(",")]
+    batch_sizes = config.batches()
     figures: dict = {"env_id": config.env.env_id, "distractor": config.env.distractor,
                      "image_size": config.env.image_size, "cpus": os.cpu_count(),
                      "torch_threads": config.torch_threads or torch.get_num_threads(),
@@ -215,4 +233,4 @@ def print_table(figures: dict, batch_sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import redis
 
-from common.config import parse, save_resolved_config
+from common.cli import run_main
+from common.config import at_least, blame, parse, positive, save_resolved_config, writable
 from common.processes import command_line, process_tree, rss_bytes
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
+from learner.main import parse_learner_config
 
 ROLES = (("ray::RolloutWorker", "rollout actor"), ("ray::SegmenterService", "segmenter"),
          ("ray::evaluate", "evaluation"), ("ray::", "ray worker"), ("raylet", "ray"), ("gcs_server", "ray"),
@@ -50,6 +52,15 @@ class SoakConfig:
     run_dir: str = field(default="runs/soak", metadata={"help": "the learner's run folder and log go under here"})
     learner_args: str = field(default="", metadata={
         "help": "more learner.main flags, as one string: --learner-args='--image-size 16'"})
+
+    def validate(self) -> None:
+        at_least(self, 1, "actors", "capacity_chunks", "capacity_bytes")
+        positive(self, "minutes", "sample_s")
+        at_least(self, 0, "warmup_minutes")
+        writable(self, "out", folder=False)
+        writable(self, "run_dir")
+        with blame("learner_args"):  # the learner.main run as the soak starts it, refused before it starts
+            parse_learner_config(learner_argv(self, Path(self.run_dir) / "soak"))
 
 
 def role(pid: int, learner: int, redis_pid: int) -> str:
@@ -86,15 +97,20 @@ def stop(process: subprocess.Popen, timeout_s: float = 600) -> int:
         return process.wait()
 
 
+def learner_argv(config: SoakConfig, out: Path) -> list[str]:
+    """The flags of the learner.main run a soak measures (its run folder `out`)."""
+    return ["--num-actors", str(config.actors), "--out", str(out), "--replay.run-name", "soak",
+            "--replay.capacity-chunks", str(config.capacity_chunks), "--replay.capacity-bytes",
+            str(config.capacity_bytes), "--total-env-steps", "none",
+            "--max-minutes", str(config.warmup_minutes + config.minutes + 5), "--metrics-port", "0",
+            *config.learner_args.split()]
+
+
 def soak(config: SoakConfig) -> dict:
     out_dir = Path(config.run_dir) / time.strftime("soak-%Y%m%d-%H%M%S")
     replay_config = ReplayConfig(run_name="soak", capacity_chunks=config.capacity_chunks,
                                  capacity_bytes=config.capacity_bytes)
-    command = [sys.executable, "-m", "learner.main", "--num-actors", str(config.actors), "--out", str(out_dir / "run"),
-               "--replay.run-name", "soak", "--replay.capacity-chunks", str(config.capacity_chunks),
-               "--replay.capacity-bytes", str(config.capacity_bytes), "--total-env-steps", "none",
-               "--max-minutes", str(config.warmup_minutes + config.minutes + 5), "--metrics-port", "0",
-               *config.learner_args.split()]
+    command = [sys.executable, "-m", "learner.main", *learner_argv(config, out_dir / "run")]
     log_path = out_dir / "learner.log"
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -178,4 +194,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -28,12 +28,13 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from benchmarks.rollout import bare_steps_per_s
-from common.config import parse
+from common.cli import run_main
+from common.config import at_least, blame, comma_list, parse, positive, positive_int, writable
 from common.envs import EnvConfig
 from common.metrics import scrape_metrics
 from common.replay import EmbeddedRedis, ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
-from learner.main import defaults
+from learner.main import defaults, parse_learner_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +53,18 @@ class SystemBenchConfig:
                 "--downstream.decoder-updates 100 --probe-steps 1000 --probe-samples 500 "
                 "--schedule.eval-every 1000000 --downstream.eval-episodes 1",
         metadata={"help": "extra learner.main flags (the env settings must match the bare loop's: the ci preset's)"})
+
+    def counts(self) -> list[int]:
+        return comma_list(self, "actor_counts", positive_int, "a positive actor count", "pass counts such as 1,2,4")
+
+    def validate(self) -> None:
+        writable(self, "out", folder=False)
+        positive(self, "measure_seconds", "warmup_timeout_s")
+        at_least(self, 1, "bare_steps")
+        work = Path(tempfile.gettempdir()) / "bench-system"
+        for count in self.counts():
+            with blame("learner_args"):  # each learner.main run as the benchmark starts it, refused before it starts
+                parse_learner_config(learner_argv(self, count, 0, work / f"actors{count}"))
 
 
 @dataclass
@@ -74,15 +87,20 @@ class Reading:
                    metrics.get("masklam_learner_data_wait_seconds_total", 0.0))
 
 
+def learner_argv(config: SystemBenchConfig, num_actors: int, port: int, out: Path) -> list[str]:
+    """The flags of the learner.main run measured with `num_actors` actors (its run folder `out`)."""
+    return ["--num-actors", str(num_actors), "--replay.run-name", f"bench-system-{num_actors}",
+            "--metrics-port", str(port), "--out", str(out), "--total-env-steps", "none",
+            "--max-minutes", "30", *config.learner_args.split()]
+
+
 def measure(num_actors: int, config: SystemBenchConfig, bare_env: EnvConfig, server: EmbeddedRedis,
             work: Path) -> dict:
     """One learner.main run with `num_actors` actors; figures over the measured window."""
     run_name, port = f"bench-system-{num_actors}", free_loopback_port()
     replay = ReplayClient(server.url, ReplayConfig(run_name=run_name, capacity_bytes=2**30))
     out = work / f"actors{num_actors}"
-    command = [sys.executable, "-m", "learner.main", "--num-actors", str(num_actors), "--replay.run-name", run_name,
-               "--metrics-port", str(port), "--out", str(out), "--total-env-steps", "none", "--max-minutes", "30",
-               *config.learner_args.split()]
+    command = [sys.executable, "-m", "learner.main", *learner_argv(config, num_actors, port, out)]
     env = {**os.environ, "MASKLAM_REDIS_URL": server.url}
     with (work / f"actors{num_actors}.log").open("w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -129,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"env": dataclasses.asdict(env), "cores": cores, "bare_steps_per_s": bare,
                      "bare_steps_per_s_x_cores": bare * cores, "load_average_at_start": os.getloadavg(), "runs": []}
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="bench-system-") as work:
-        for count in (int(c) for c in config.actor_counts.split(",")):
+        for count in config.counts():
             print(f"learner.main with {count} actor(s) ...", file=sys.stderr)
             figures["runs"].append(measure(count, config, env, server, Path(work)))
     figures["load_average_at_end"] = os.getloadavg()
@@ -155,4 +173,4 @@ def print_table(figures: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

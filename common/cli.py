@@ -3,7 +3,9 @@
 A `ConfigError` says what is wrong and how to fix it. `run_main` runs a command's
 `main`, prints a ConfigError as `error: <what> — <how to fix>` on stderr and exits with
 status 2; any other exception is a bug and keeps its traceback. `common.config.parse`
-raises a ConfigError for a wrong flag or value, so those end in the same one line.
+raises a ConfigError for a wrong flag or value, and for any setting a config's own
+`validate()` refuses (there a ConfigError carries the `field` it blames, which `parse`
+turns into the flag the user typed), so those end in the same one line.
 
     if __name__ == "__main__":
         sys.exit(run_main(main))
@@ -19,14 +21,20 @@ CONFIG_ERROR_STATUS = 2  # the status of usage errors (argparse's, tyro's)
 
 
 class ConfigError(Exception):
-    """A setting, file or address the user must fix; `fix` says how."""
+    """A setting, file or address the user must fix; `fix` says how.
 
-    def __init__(self, what: str, fix: str = ""):
-        super().__init__(what, fix)
-        self.what, self.fix = what, fix
+    `field` names the config field at fault, relative to the config that raised it
+    ("samples_per_insert", "limiter.min_ready_steps"); `common.config.parse` replaces it
+    by the flag (`--limiter.samples-per-insert -1: ...`).
+    """
+
+    def __init__(self, what: str, fix: str = "", field: str | None = None):
+        super().__init__(what, fix, field)
+        self.what, self.fix, self.field = what, fix, field
 
     def __str__(self) -> str:
-        return f"{self.what} — {self.fix}" if self.fix else self.what
+        text = f"{self.what} — {self.fix}" if self.fix else self.what
+        return f"{self.field}: {text}" if self.field else text
 
 
 @contextlib.contextmanager

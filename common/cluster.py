@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import ray
 
 # Every Ray worker renders headless and shares the cores with many others.
 WORKER_ENV = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1", "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "")}
+
+
+# What `ray.init(address=...)` joins: auto (a `ray up` head), local, a Ray Client ray://HOST:PORT
+# or a cluster's HOST:PORT.
+_ADDRESS = re.compile(r"auto|local|ray://[^\s:/]+(:\d+)?|[^\s:/]+:\d+")
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse (ValueError) an address Ray could not join, before anything starts (None or empty: a local Ray)."""
+    if address and not _ADDRESS.fullmatch(address):
+        raise ValueError("is not a Ray address")
 
 
 def init_ray(address: str | None = None, logical_cpus: int = 0) -> None:

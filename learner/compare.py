@@ -40,11 +40,12 @@ import numpy as np
 import torch
 import tyro
 
-from common.cli import config_errors, run_main
-from common.config import config_to_dict, from_dict, parse, save_resolved_config
+from common.cli import run_main
+from common.config import (at_least, blame, config_to_dict, from_dict, parse, redis_url, require,
+                           save_resolved_config, writable)
+from common.devices import check_device, resolve_device
 from common.envs import EnvConfig, env_spec
-from common.envs.distractors import check_config
-from common.envs.pixels import task_view
+from common.experts import expert_record
 from common.replay import redis_url_or_embedded
 from learner import plots, presets
 from learner.data import DatasetSpec, TransitionData, ensure_dataset, idm_windows, load_dataset
@@ -115,6 +116,35 @@ class CompareConfig:
     laom: LAOMFamilyConfig = field(default_factory=LAOMFamilyConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
+    def validate(self) -> None:
+        """Each part checks itself (common.config.validate); here, what holds across the parts."""
+        chosen = [m.strip() for m in self.methods.split(",")]
+        for method in chosen:
+            require(method in METHODS, "methods", f"unknown method {method!r}", f"choose from {', '.join(METHODS)}")
+        at_least(self, 1, "seeds", "train_steps", "heldout_steps", "probe_samples", "eval_every", "jobs",
+                 "torch_threads", "collect_actors")
+        at_least(self, 0, "data_action_noise")
+        writable(self, "out")
+        writable(self, "data_dir")
+        with blame("device", "pass cpu, auto, or a GPU this machine has"):
+            check_device(self.device)
+        redis_url(self)
+        if self.data_policy == "expert":  # the datasets' actor, and the normaliser of every return
+            with blame("expert_dir"):
+                expert_record(self.env.env_id, self.env.action_repeat, self.expert_dir)
+            require(self.downstream.eval_episodes >= 1, "downstream.eval_episodes",
+                    "must be at least 1 with expert data (each budget's return is measured)", "pass 1 or more")
+        for budget in self.downstream.budgets():
+            require(budget <= self.train_steps, "downstream.label_budgets", f"has {budget}, more than the "
+                    f"{self.train_steps} training decisions (--train-steps)", "pass smaller budgets, or more steps")
+        for name, method in self.laom.methods.items():
+            require(name not in chosen or method.label_budget <= self.train_steps, f"laom.methods.{name}.label_budget",
+                    f"is more than the {self.train_steps} training decisions (--train-steps)", "pass a smaller budget")
+        for name, method in self.lam.methods.items():
+            require(abs(method.mask_radius) < self.env.image_size, f"lam.methods.{name}.mask_radius",
+                    f"reaches past the {self.env.image_size}-pixel frame", f"pass a radius below {self.env.image_size}")
+
+
 
 def defaults(preset: str) -> CompareConfig:
     """The preset's row of learner/presets.py, with each family's networks, optimisation and methods."""
@@ -127,10 +157,9 @@ def defaults(preset: str) -> CompareConfig:
 
 
 def parse_compare_config(argv: list[str] | None = None) -> CompareConfig:
+    """The parsed config, its device resolved (so the results record what trained)."""
     config = parse(CompareConfig, argv, PROG, defaults)
-    if config.device == "auto":
-        config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-    return config
+    return dataclasses.replace(config, device=str(resolve_device(config.device)))
 
 
 def method_settings(config: CompareConfig, method: str) -> LAMConfig | LAOMConfig:
@@ -308,13 +337,7 @@ def run_comparison(config: CompareConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_compare_config(argv)
-    with config_errors(f"see {PROG} --help"):
-        check_config(config.env)
-        task_view(config.env.env_id)
-        for method in config.methods.split(","):
-            family(method.strip())
-    run_comparison(config)
+    run_comparison(parse_compare_config(argv))
     return 0
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from actors.evaluate import evaluate
 from common.checkpoint import write_checkpoint
-from common.config import config_to_dict
+from common.config import at_least, comma_list, config_to_dict, positive, positive_int
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
 from common.progress import Progress
@@ -58,11 +58,15 @@ class DownstreamConfig:
     eval_seed: int = field(default=1_000, metadata={"help": "seed of the evaluation episodes (same for every policy)"})
 
     def budgets(self) -> list[int]:
-        values = [int(b) for b in self.label_budgets.split(",") if b.strip()]
-        if not values or min(values) <= 0:
-            raise ValueError(f"--downstream.label-budgets must list positive transition counts, "
-                             f"got {self.label_budgets!r}")
-        return values
+        return comma_list(self, "label_budgets", positive_int, "a positive count of labelled transitions",
+                          "pass counts such as 1000,4000,16000")
+
+    def validate(self) -> None:
+        at_least(self, 1, "policy_frames", "policy_scale", "bc_updates", "bc_batch_size", "decoder_updates",
+                 "decoder_batch_size", "eval_workers")
+        at_least(self, 0, "eval_episodes", "eval_seed")
+        positive(self, "bc_lr", "decoder_lr")
+        self.budgets()
 
 
 @dataclass

@@ -32,6 +32,7 @@ import torch
 from common import checkpoint
 from common import metrics as m
 from common.cli import ConfigError
+from common.config import at_least, positive
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicySpec
 from common.progress import Progress
@@ -70,6 +71,12 @@ class ScheduleConfig:
     checkpoint_minutes: float = field(default=5.0, metadata={"help": "minutes between checkpoints"})
     rl: bool = field(default=True, metadata={
         "help": "SAC in every policy update; off: latent BC only (the control that shows what RL adds)"})
+
+    def validate(self) -> None:
+        at_least(self, 1, "lam_updates_per_round", "policy_updates_per_round", "publish_every", "bootstrap_steps",
+                 "probe_every", "eval_every")
+        at_least(self, 0, "bootstrap_after")
+        positive(self, "checkpoint_minutes")
 
 
 class Learner:

@@ -41,25 +41,24 @@ import torch
 import tyro
 
 from actors.rollout import ActorConfig
-from common.cli import ConfigError, config_errors, run_main
-from common.cluster import init_ray
-from common.config import config_to_dict, from_dict, parse, save_resolved_config
+from common.cli import ConfigError, run_main
+from common.cluster import check_ray_address, init_ray
+from common.config import (at_least, blame, config_to_dict, from_dict, in_range, parse, positive, redis_url, require,
+                           save_resolved_config, writable)
+from common.devices import check_device, resolve_device
 from common.envs import EnvConfig, env_spec
-from common.envs.distractors import check_config
-from common.envs.pixels import task_view
 from common.latent_policy import PixelPolicySpec
 from common.metrics import Metrics
 from common.progress import Progress
 from common.replay import RateLimiterConfig, ReplayClient, ReplayConfig, redis_url_or_embedded
 from learner.data import DatasetSpec, ensure_dataset, load_dataset
-from learner.downstream import DownstreamConfig
+from learner.downstream import DownstreamConfig, transition_window
 from learner import presets
 from learner.fleet import ActorFleet
-from learner.lam.config import METHODS, LAMConfig, lam_config
+from learner.lam.config import METHODS, OnlineLAMConfig, online_lam_config
 from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config, online_family
 from learner.probe import ProbeSet, make_probe_set
 from learner.rl.sac import SACConfig
-from segmenter.backends import check_backend
 from segmenter.config import SegmenterConfig
 
 log = logging.getLogger("masklam.learner")
@@ -104,7 +103,7 @@ class LearnerMainConfig:
     probe_samples: int = field(default=2_000, metadata={"help": "held-out windows the probe uses"})
     max_restarts: int = field(default=3, metadata={"help": "Ray restarts of a crashed rollout actor"})
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
-    lam: LAMConfig = field(default_factory=LAMConfig)
+    lam: OnlineLAMConfig = field(default_factory=OnlineLAMConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -113,21 +112,60 @@ class LearnerMainConfig:
     sac: SACConfig = field(default_factory=SACConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
+    def validate(self) -> None:
+        """Each part checks itself (common.config.validate); here, what holds across the parts."""
+        at_least(self, 1, "num_actors", "total_env_steps", "probe_steps", "probe_samples")
+        at_least(self, 1 if self.actor.segment else 0, "num_segmenters")
+        at_least(self, 0, "torch_threads", "max_restarts")
+        positive(self, "max_minutes", fix="pass minutes above 0 (no --max-minutes: no time limit)")
+        in_range(self, "metrics_port", 0, 65535, fix="pass a free port, or 0 for none")
+        redis_url(self)
+        with blame("ray_address", "pass auto, local, ray://HOST:PORT or HOST:PORT"):
+            check_ray_address(self.ray_address)
+        writable(self, "out")
+        writable(self, "data_dir")
+        with blame("device", "pass auto, cpu, or a GPU this machine has"):
+            check_device(self.device)
+        with blame("actor"):
+            self.actor.check_expert(self.env)
+        frames = self.actor.chunk_length + 1  # a sampled window is a slice of one chunk
+        for what, window in (("the LAM's window (--lam.method.*)", self.lam.method.window),
+                             ("a policy transition's window (--downstream.policy-frames, --lam.method.*)",
+                              transition_window(self.downstream.policy_frames, self.lam.method)[1])):
+            require(window <= frames, "actor.chunk_length", f"gives chunks of {frames} frames, fewer than {what}, "
+                    f"{window}", f"pass --actor.chunk-length {window - 1} or more")
+        for radius in ("lam.method.mask_radius", "segmenter.imperfection.mask_radius"):
+            value = self.lam.method.mask_radius if radius.startswith("lam") else self.segmenter.imperfection.mask_radius
+            require(abs(value) < self.env.image_size, radius, f"reaches past the {self.env.image_size}-pixel frame",
+                    f"pass a radius below {self.env.image_size}")
+        replay_steps = self.replay.capacity_chunks * self.actor.chunk_length
+        require(self.limiter.min_ready_steps <= replay_steps, "limiter.min_ready_steps", f"is more than the replay "
+                f"holds ({replay_steps} steps: --replay.capacity-chunks x --actor.chunk-length), so the learner would "
+                "never start", "pass fewer steps, or a larger replay")
+        require(self.limiter.max_unsegmented_chunks < self.replay.capacity_chunks, "limiter.max_unsegmented_chunks",
+                f"is not below --replay.capacity-chunks {self.replay.capacity_chunks}, so chunks could be evicted "
+                "before they are segmented", "pass fewer chunks, or a larger replay")
+        # The limiter's band must fit a whole sample and a whole insert, else both sides wait forever.
+        limiter, batch = self.limiter, max(self.lam.optim.batch_size, self.sac.batch_size)
+        band = limiter.samples_per_insert * self.actor.chunk_length + batch
+        require(limiter.samples_per_insert == 0 or 2 * limiter.error_buffer >= band, "limiter.error_buffer",
+                f"is too narrow: the band (twice it) must hold one chunk's samples and one batch ({band:g})",
+                f"pass {band / 2:g} or more")
+        for budget in self.downstream.budgets():
+            require(budget <= self.schedule.bootstrap_steps, "downstream.label_budgets", f"has {budget}, more than "
+                    f"the {self.schedule.bootstrap_steps} transitions the bootstrap trains on "
+                    "(--schedule.bootstrap-steps)", "pass smaller budgets, or more bootstrap steps")
+
+
 
 def defaults(preset: str, method: str) -> LearnerMainConfig:
     """The preset's row of learner/presets.py, with the LAM of that preset and method."""
     return from_dict(LearnerMainConfig, {**presets.preset(preset, "learner.main"), "preset": preset,
-                                         "method": method, "lam": lam_config(preset, method)})
+                                         "method": method, "lam": online_lam_config(preset, method)})
 
 
 def parse_learner_config(argv: list[str] | None = None) -> LearnerMainConfig:
     return parse(LearnerMainConfig, argv, PROG, defaults, choose_by=("preset", "method"))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_out(config: LearnerMainConfig) -> Path:
@@ -141,18 +179,6 @@ def resolve_out(config: LearnerMainConfig) -> Path:
     if not runs:
         raise ConfigError(f"--resume: no run with a {CHECKPOINT} under {RUNS}", "pass --out DIR of the run to resume")
     return runs[-1].parent
-
-
-def check_settings(config: LearnerMainConfig) -> None:
-    """Refuse (ConfigError) what the user must fix before anything starts: Redis, Ray, the
-    probe set's collection and the segmenters are minutes of work to fail in."""
-    if config.num_actors < 1:
-        raise ConfigError("--num-actors must be at least 1", "pass --num-actors 1 or more")
-    online_family(config.method)
-    with config_errors(f"see {PROG} --help"):
-        check_config(config.env)
-        task_view(config.env.env_id)
-    check_backend(config.segmenter)
 
 
 def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
@@ -173,7 +199,7 @@ def check_resumable(config: LearnerMainConfig, checkpoint: Path) -> None:
                               f"resume with {flag} {before}, or start a new run in another --out")
 
 
-def held_out_probe_set(config: LearnerMainConfig, lam: LAMConfig, redis_url: str) -> ProbeSet:
+def held_out_probe_set(config: LearnerMainConfig, lam: OnlineLAMConfig, redis_url: str) -> ProbeSet:
     """Labelled episodes on evaluation backgrounds with rho = 0 (docs/design.md §5's headline probe),
     collected in this process through the run's Redis unless they are on disk already."""
     spec = DatasetSpec(dataclasses.replace(config.env, rho=0.0), "eval", PROBE_DATA_SEED, config.probe_steps,
@@ -297,7 +323,6 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = parse_learner_config(argv)
-    check_settings(config)
     out = resolve_out(config)
     config = dataclasses.replace(config, out=str(out))
     check_resumable(config, out / CHECKPOINT)

@@ -4,8 +4,8 @@ operations the comparison and the downstream protocol need from each.
   lam   LAPO, MaskLAM and its variants (learner/lam/): pixel FDM.
   laom  LAOM, LAOM-Labels and the masked LAOM variants (learner/laom/): latent-space FDM.
 
-Every family provides: its config for a (preset, method) with optimiser overrides, a
-trainer with `train_lam`'s signature and metrics.json contract, a checkpoint loader, and
+Every family provides: the types of its configs (a preset's comes from its config module:
+`lam_config`, `laom_config`), a trainer with `train_lam`'s signature and metrics.json contract, a checkpoint loader, and
 `latent_actions(model, config, data, rows)`: the frozen model's latent action z_t of
 each row t, which the downstream protocol clones. Both families' method configs expose
 `context_frames`, `future_frames` and `probe_window` with the same meaning. The online
@@ -23,7 +23,7 @@ import numpy as np
 
 from learner.data import TransitionData
 from learner.lam.config import METHODS as LAM_METHODS
-from learner.lam.config import LAMConfig, lam_config
+from learner.lam.config import LAMConfig, OnlineLAMConfig
 from learner.lam.train import build_model as build_lam
 from learner.lam.train import encode_probe_set as encode_lam_probe_set
 from learner.lam.train import lam_step
@@ -31,7 +31,7 @@ from learner.lam.train import latent_actions as lam_latent_actions
 from learner.lam.train import load_model as load_lam
 from learner.lam.train import train_lam
 from learner.laom.config import METHODS as LAOM_METHODS
-from learner.laom.config import LAOMConfig, laom_config
+from learner.laom.config import LAOMConfig
 from learner.laom.train import build_model as build_laom
 from learner.laom.train import encode_probe_set as encode_laom_probe_set
 from learner.laom.train import latent_actions as laom_latent_actions
@@ -44,8 +44,7 @@ from learner.probe import Encoded
 class Family:
     name: str
     methods: tuple[str, ...]
-    config_type: type
-    config: Callable[..., Any]  # (preset, method, **optim_overrides) -> config
+    config_types: tuple[type, ...]  # its models' configs (the lam family's online one too)
     train: Callable[..., dict]  # (config, data, probe_sets, out, seed, eval_every, label=, device=) -> metrics
     load_model: Callable[..., tuple[Any, Any]]  # (out) -> (model in eval mode, config)
     latent_actions: Callable[..., np.ndarray]  # (model, config, data, rows) -> (N, latent_dim)
@@ -56,11 +55,11 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("lam", tuple(LAM_METHODS), LAMConfig, lam_config, train_lam, load_lam, lam_latent_actions,
+    Family("lam", tuple(LAM_METHODS), (LAMConfig, OnlineLAMConfig), train_lam, load_lam, lam_latent_actions,
            build_model=build_lam, encode_probe_set=encode_lam_probe_set, online_step=lam_step),
     # LAOM's update needs a labelled batch and a target-encoder step, and the online policy
     # learner (learner/online_rl.py) reads a pixel-FDM LAM's latent: not online yet.
-    Family("laom", tuple(LAOM_METHODS), LAOMConfig, laom_config, train_laom, load_laom, laom_latent_actions,
+    Family("laom", tuple(LAOM_METHODS), (LAOMConfig,), train_laom, load_laom, laom_latent_actions,
            build_model=build_laom, encode_probe_set=encode_laom_probe_set, online_step=None),
 )
 METHODS: tuple[str, ...] = tuple(m for f in FAMILIES for m in f.methods)
@@ -73,14 +72,9 @@ def family(method: str) -> Family:
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def method_config(preset: str, method: str, **optim_overrides) -> Any:
-    """The config of `method` under `preset` (LAMConfig or LAOMConfig)."""
-    return family(method).config(preset, method, **optim_overrides)
-
-
 def latent_actions(model: Any, config: Any, data: TransitionData, rows: np.ndarray) -> np.ndarray:
     """z_t for every row t, by the family the config belongs to."""
     for candidate in FAMILIES:
-        if isinstance(config, candidate.config_type):
+        if isinstance(config, candidate.config_types):
             return candidate.latent_actions(model, config, data, rows)
     raise TypeError(f"no method family has configs of type {type(config).__name__}")

@@ -4,7 +4,9 @@
 batches, minutes per run); `paper` is the authors' configuration (64 px, their networks,
 batches and budgets; docs/design.md §5), for a GPU node. Each row names the fields it sets,
 nested as the command's config; a field not named keeps its dataclass default, and any
-flag on the command line overrides both. The rows are plain values, so this table imports
+flag on the command line overrides both. A row never repeats a dataclass default (one
+source per default, tests/test_cli.py): the LAM's and LAOM's dataclass defaults are the
+`ci` preset, so their `ci` rows are empty. The rows are plain values, so this table imports
 nothing and every config module can read it.
 
   lam              LAPO / MaskLAM networks and optimisation (learner/lam/config.py; the
@@ -23,28 +25,25 @@ _LEARNER_ACTOR = {"policy": "latent", "segment": True, "action_noise": 0.2}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
-        "lam": {"model": {"idm_scale": 1, "fdm_scale": 1, "latent_dim": 32, "frame_diff": True},
-                "optim": {"batch_size": 32, "lr": 1e-3, "updates": 4_000}},
-        # 32 px, 3.3 M parameters (mostly the MLP heads; the encoder is the LAM IDM's size), a shorter EMA
-        # horizon and a larger lr for the 4k-update budget, labelled batches half the batch.
-        "laom": {"model": {"encoder_scale": 1, "num_blocks": 2, "latent_dim": 256, "head_dim": 256, "head_depth": 2},
-                 "method": {"label_budget": 1_000},
-                 "optim": {"batch_size": 32, "lr": 5e-4, "updates": 4_000, "warmup": 0.1, "target_tau": 0.005,
-                           "label_batch_size": 16}},
+        "lam": {},  # learner/lam/config.py's defaults: scale-1 networks, a 32-d latent, batch 32, 4k updates
+        # learner/laom/config.py's defaults: at 32 px 3.3 M parameters (mostly the MLP heads; the encoder is
+        # the LAM IDM's size), a shorter EMA horizon and a larger lr for the 4k-update budget, labelled
+        # batches half the batch.
+        "laom": {},
         "learner.main": {
             "total_env_steps": 100_000, "torch_threads": 1, "actor": _LEARNER_ACTOR,
-            "env": {"image_size": 32, "render_size": 64, "action_repeat": 3, "max_episode_steps": 250},
+            "env": {"image_size": 32, "action_repeat": 3, "max_episode_steps": 250},
             "segmenter": {"torch_threads": 1},
             "replay": {"run_name": "masklam-learner", "capacity_chunks": 4_000, "capacity_bytes": 2**30},
-            "limiter": {"samples_per_insert": 4.0, "min_ready_steps": 1_000, "error_buffer": 10_000.0},
+            "limiter": {"samples_per_insert": 4.0, "error_buffer": 10_000.0},
             "sac": {"batch_size": 64},
             # Every phase within the README's 5 minutes on 2 cores: a short LAM warm-up, a small
             # bootstrap, then RL rounds with a publication every 50 and an evaluation every 200
             # policy updates (the LAM keeps training in every round).
             "downstream": {"bc_updates": 300, "decoder_updates": 300, "label_budgets": "4000", "eval_episodes": 4},
-            "schedule": {"bootstrap_after": 300, "bootstrap_steps": 8_000, "probe_every": 300, "eval_every": 200}},
+            "schedule": {"bootstrap_after": 300, "probe_every": 300, "eval_every": 200}},
         "learner.compare": {
-            "env": {"image_size": 32, "render_size": 64, "action_repeat": 3, "max_episode_steps": 250}},
+            "env": {"image_size": 32, "action_repeat": 3, "max_episode_steps": 250}},
     },
     "paper": {
         "lam": {"model": {"idm_scale": 4, "fdm_scale": 6, "latent_dim": 128, "frame_diff": False},
@@ -53,20 +52,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 1024-wide heads of 3 blocks, batch 512, lr 1e-4, warm-up 3 of 10 epochs, tau 0.001,
         # labelled batches of 128 with coefficient 0.001; label budget 2.5 % of the compare
         # preset's 500k training decisions (their 128 of 5k trajectories).
-        "laom": {"model": {"encoder_scale": 6, "num_blocks": 2, "latent_dim": 8192, "head_dim": 1024, "head_depth": 3},
+        "laom": {"model": {"encoder_scale": 6, "latent_dim": 8192, "head_dim": 1024, "head_depth": 3},
                  "method": {"label_budget": 12_500},
                  "optim": {"batch_size": 512, "lr": 1e-4, "updates": 35_000, "warmup": 0.3, "target_tau": 0.001,
                            "label_batch_size": 128}},
         "learner.main": {
             "total_env_steps": 5_000_000, "actor": _LEARNER_ACTOR,
-            "env": {"image_size": 64, "render_size": 64, "action_repeat": 3, "max_episode_steps": 1000},
+            "env": {"action_repeat": 3},  # the authors' 64 px frames and 1000-decision episodes: the defaults
             "segmenter": {"torch_threads": 1},
             "replay": {"run_name": "masklam-learner"},
-            "downstream": {"label_budgets": "128000", "eval_episodes": 8, "eval_workers": 4},
+            "downstream": {"label_budgets": "128000", "eval_workers": 4},
             "schedule": {"bootstrap_after": 10_000, "bootstrap_steps": 200_000, "probe_every": 2_500,
                          "eval_every": 5_000, "publish_every": 100, "checkpoint_minutes": 10.0}},
         "learner.compare": {
-            "env": {"image_size": 64, "render_size": 64, "action_repeat": 3, "max_episode_steps": 250},
+            "env": {"action_repeat": 3, "max_episode_steps": 250},
             "train_steps": 500_000, "heldout_steps": 20_000, "probe_samples": 10_000, "eval_every": 2_500,
             "collect_actors": 8, "device": "auto"},
     },

@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 
 import tyro
 
+from common.config import at_least, blame, require
+from common.devices import check_device
+from segmenter.backends import check_backend
 from segmenter.backends.sam import SamConfig
 from segmenter.backends.student import StudentConfig
 from segmenter.imperfection import ImperfectionConfig
@@ -41,3 +44,13 @@ class SegmenterConfig:
     imperfection: ImperfectionConfig = field(default_factory=ImperfectionConfig)
     sam: Annotated[SamConfig, tyro.conf.arg(name="")] = field(default_factory=SamConfig)
     student: Annotated[StudentConfig, tyro.conf.arg(name="")] = field(default_factory=StudentConfig)
+
+    def validate(self) -> None:
+        at_least(self, 1, "batch_frames", "poll_ms", "claim_idle_ms", "max_deliveries")
+        at_least(self, 0, "max_wait_ms", "torch_threads", "seed")
+        require(bool(self.group) and not set(self.group) & set(" :*?[]"), "group",
+                "must be a non-empty name without spaces, ':' or glob characters", "pass e.g. segmenter")
+        with blame("device", "pass auto, cpu, cuda or cuda:N"):  # on a Ray worker, whose GPUs the head may lack
+            check_device(self.device, here=False)
+        with blame("sam.sam_checkpoint", "pass the checkpoint file of --segmenter.sam-model-type"):
+            check_backend(self)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from common.config import in_range
 from common.masks import morph_mask
 
 
@@ -27,9 +28,8 @@ class ImperfectionConfig:
     mask_dropout: float = field(default=0.0, metadata={
         "help": "probability that a frame's mask is dropped (served as all ones = no mask information)"})
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_dropout <= 1.0:
-            raise ValueError(f"mask_dropout must be in [0, 1], got {self.mask_dropout}")
+    def validate(self) -> None:
+        in_range(self, "mask_dropout", 0.0, 1.0)
 
 
 def morph(masks: np.ndarray, radius: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.cli import ConfigError, run_main
-from common.config import parse, save_resolved_config
+from common.config import in_range, parse, positive, redis_url, save_resolved_config, writable
 from common.metrics import Metrics
 from common.replay import ReplayConfig
 from common.replay.redis_server import REDIS_URL_ENV
@@ -42,6 +42,12 @@ class SegmenterMainConfig:
     out: str | None = field(default=None, metadata={"help": "folder for config.json and summary.json"})
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+    def validate(self) -> None:
+        redis_url(self)
+        in_range(self, "metrics_port", 0, 65535, fix="pass a free port, or 0 for none")
+        positive(self, "max_seconds", fix="pass seconds above 0 (no --max-seconds: no time limit)")
+        writable(self, "out")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,9 +42,10 @@ import torch
 
 from common import metrics as m
 from common.codec import Chunk, ChunkDecodeError, decode_chunk
+from common.devices import resolve_device
 from common.metrics import Metrics
 from common.replay import Entry, ReplayClient, ReplayConfig
-from segmenter.backends import make_backend, resolve_device
+from segmenter.backends import make_backend
 from segmenter.config import SegmenterConfig
 from segmenter.imperfection import Imperfection
 from segmenter.quality import mask_iou

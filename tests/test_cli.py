@@ -3,7 +3,8 @@ command the README and docs/ show parses.
 
 The flags are checked by behaviour, not by re-deriving tyro's naming: every option that
 `--help` lists is set at once to a value other than its default, and every leaf of the
-config tree must then differ from its default.
+config tree must then differ from its default (read with `parse_flags`: those values are
+mostly not valid settings, which tests/test_config_validation.py covers).
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 
 from actors.collect import CollectConfig
 from common.cli import ConfigError
-from common.config import parse
-from learner.compare import parse_compare_config
+from common.config import parse, parse_flags
+from learner import compare
+from learner import main as learner_main
+from learner.compare import CompareConfig, parse_compare_config
 from learner.experts import ExpertConfig
-from learner.main import parse_learner_config
+from learner.main import LearnerMainConfig, parse_learner_config
+from learner.lam.config import LAMConfig
+from learner.laom.config import LAOMConfig
+from learner.presets import PRESETS
 from segmenter.main import SegmenterMainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +44,15 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "actors.collect": lambda argv: parse(CollectConfig, argv, "python -m actors.collect"),
     "segmenter.main": lambda argv: parse(SegmenterMainConfig, argv, "python -m segmenter.main"),
     "learner.experts": lambda argv: parse(ExpertConfig, argv, "python -m learner.experts"),
+}
+# The same commands' flags alone, without validation.
+FLAGS_ONLY: dict[str, Callable[[list[str]], object]] = {
+    "learner.main": lambda argv: parse_flags(LearnerMainConfig, argv, learner_main.PROG, learner_main.defaults,
+                                             choose_by=("preset", "method")),
+    "learner.compare": lambda argv: parse_flags(CompareConfig, argv, compare.PROG, compare.defaults),
+    "actors.collect": lambda argv: parse_flags(CollectConfig, argv, "python -m actors.collect"),
+    "segmenter.main": lambda argv: parse_flags(SegmenterMainConfig, argv, "python -m segmenter.main"),
+    "learner.experts": lambda argv: parse_flags(ExpertConfig, argv, "python -m learner.experts"),
 }
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WIDE = {"COLUMNS": "120"}  # one option per help line, in one column
@@ -96,14 +112,14 @@ def other_value(index: int, flags: str, metavar: str, default: str) -> tuple[lis
 def test_every_config_field_has_exactly_one_flag(command):
     """One parse sets every option at once: each leaf must change, each unique value must land
     in exactly one leaf, and there are as many options as leaves."""
-    default = leaves(PARSERS[command]([]))
+    default = leaves(FLAGS_ONLY[command]([]))
     argv, unique = [], {}
     for index, (flags, (metavar, default_text)) in enumerate(options(help_text(command)).items()):
         args, value = other_value(index, flags, metavar, default_text)
         argv += args
         if value is not None:
             unique[flags] = value
-    config = leaves(PARSERS[command](argv))
+    config = leaves(FLAGS_ONLY[command](argv))
     unchanged = sorted(leaf for leaf, value in config.items() if value == default[leaf])
     assert not unchanged, f"fields no flag sets: {unchanged}"
     for flags, value in unique.items():
@@ -134,6 +150,31 @@ def test_a_preset_gives_the_defaults_and_a_flag_overrides_them():
     paper = parse_compare_config(["--preset", "paper", "--lam.optim.updates", "7", "--env", "Hopper-v5"])
     assert paper.env.image_size == 64 and paper.lam.optim.batch_size == 512 and paper.lam.optim.updates == 7
     assert paper.laom.optim.updates == 35_000 and paper.env.env_id == "Hopper-v5"
+
+
+def test_no_preset_repeats_a_dataclass_default():
+    """One source per default: a preset row names only what it changes."""
+    row_types = {"lam": LAMConfig, "laom": LAOMConfig, "learner.main": LearnerMainConfig,
+                 "learner.compare": CompareConfig}
+
+    def repeated(row: dict, default: object, prefix: str) -> list[str]:
+        return [name for key, value in row.items() for name in
+                (repeated(value, getattr(default, key), f"{prefix}{key}.") if isinstance(value, dict)
+                 else [f"{prefix}{key}"] if value == getattr(default, key) else [])]
+
+    found = [f"{preset}/{row}: {name}" for preset, rows in PRESETS.items() for row, values in rows.items()
+             for name in repeated(values, row_types[row](), "")]
+    assert not found, found
+
+
+def test_the_online_lam_has_no_update_budget():
+    """learner.main's LAM trains for as long as the run: no --lam.optim.updates, no cosine schedule."""
+    def group(command: str) -> str:  # the lam.optim group's text: up to the blank line that ends it
+        return re.split(r"\n\s*\n", help_text(command).split(" lam.optim options", 1)[1], maxsplit=1)[0]
+
+    online, offline = group("learner.main"), group("learner.compare")
+    assert "--lam.optim.lr" in online and "--lam.optim.updates" not in online and "cosine" not in online
+    assert "--lam.optim.updates" in offline and "cosine" in offline
 
 
 def test_the_method_gives_the_lam_switches_and_a_flag_overrides_them():
@@ -202,5 +243,11 @@ def test_every_documented_command_parses(document, module, args):
         return
     known = {f for names in options(help_text(module)) for f in names.split(", ")}
     assert set(flags) <= known, f"{document}: unknown flags {sorted(set(flags) - known)} in {module} {args}"
-    if not re.search(r"[\[|]|\.\.\.|\b[A-Z]+\b", args):
+    if re.search(r"[\[|]|\.\.\.|\b[A-Z]+\b", args):
+        return
+    try:
         PARSERS[module](args.split())
+    except ConfigError as error:  # a GPU node's command read on a machine without one is refused for that alone
+        if not (re.search(r"--device cuda\b", args) and not torch.cuda.is_available()
+                and str(error).startswith("--device cuda: names a GPU this machine does not show")):
+            raise

@@ -36,11 +36,11 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from common.cli import ConfigError
 from common.envs.backgrounds import Background, BackgroundLibrary, procedural_background
 from common.envs.pixels import AGENT, PixelMujocoEnv
 from common.envs.spec import EnvConfig, Observation, Split
 
-MODES = ("none", "exogenous", "correlated", "video")
 # Tasks with pixels and distractors. InvertedPendulum (pixels.py) has one action, too few for
 # the action projection; it only serves the state-based expert trainer's tests.
 TASKS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Humanoid-v5", "Ant-v5")
@@ -83,19 +83,13 @@ class BoundedWalk:
 
 
 def check_config(config: EnvConfig) -> None:
-    """Raise a ValueError for settings the env cannot honour."""
-    if config.env_id not in TASKS:
-        raise ValueError(f"unsupported env id {config.env_id!r}; supported: {', '.join(TASKS)}")
-    if config.distractor not in MODES:
-        raise ValueError(f"unknown distractor {config.distractor!r}; choose from {', '.join(MODES)}")
-    if config.distractor == "video" and not config.background_dir:
-        raise ValueError("distractor 'video' plays clips from background_dir; set --background-dir DIR")
-    if not 0 < config.image_size <= config.render_size or config.render_size % config.image_size:
-        raise ValueError(f"render_size {config.render_size} must be a multiple of image_size {config.image_size}")
-    if not -1.0 <= config.rho <= 1.0 or not 0.0 <= config.ground_alpha <= 1.0:
-        raise ValueError("rho must be in [-1, 1] and ground_alpha in [0, 1]")
-    if min(config.bg_speed, config.camera_shake, config.color_drift) < 0:
-        raise ValueError("bg_speed, camera_shake and color_drift must be >= 0")
+    """Raise a ValueError for settings the env cannot honour (`EnvConfig.validate`'s rules; a
+    background folder is checked by `BackgroundLibrary` as the env opens it, with its own errors)."""
+    try:
+        config.validate()
+    except ConfigError as exc:
+        if exc.field != "background_dir":
+            raise ValueError(str(exc)) from None
 
 
 class DistractorEnv(gymnasium.Env[Observation, np.ndarray]):

@@ -39,6 +39,7 @@ once compiled but without the deprecated `settotalmass` that MuJoCo warns about.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import weakref
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ def task_view(env_id: str) -> TaskView:
     if env_id not in TASK_VIEWS:
         raise ValueError(f"unsupported env id {env_id!r}; supported: {', '.join(TASK_VIEWS)}")
     return TASK_VIEWS[env_id]
+
+
+def has_health_check(env_id: str) -> bool:
+    """Whether the Gymnasium task can end an episode when the agent falls (its env takes
+    `terminate_when_unhealthy`), read from its signature without making it."""
+    creator = gymnasium.envs.registration.load_env_creator(gymnasium.spec(env_id).entry_point)
+    return "terminate_when_unhealthy" in inspect.signature(creator).parameters
 
 
 def make_gym_env(env_id: str, terminate_when_unhealthy: bool = True) -> gymnasium.Env:

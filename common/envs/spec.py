@@ -10,10 +10,13 @@ step), recorded so that we can measure how much of it a latent holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, TypedDict, get_args
 
 import numpy as np
 import tyro
+
+from common.cli import ConfigError
+from common.config import at_least, in_range, require
 
 DistractorMode = Literal["none", "exogenous", "correlated", "video"]
 Split = Literal["train", "eval"]
@@ -38,6 +41,35 @@ class EnvConfig:
     camera_shake: float = field(default=0.0, metadata={"help": "camera random-walk scale (0 = off)"})
     color_drift: float = field(default=0.0, metadata={"help": "background colour random-walk scale (0 = off)"})
     distractor_seed: int = field(default=0, metadata={"help": "seed of the fixed action->background projection"})
+
+    def validate(self) -> None:
+        """Settings no env can honour (`check_config` applies these when an env is made), then
+        a --background-dir that is not a folder of images (the last check: an env reports that
+        one itself, with the path, when it opens the folder)."""
+        from common.envs.backgrounds import IMAGE_SUFFIXES, BackgroundLibrary
+        from common.envs.distractors import TASKS
+        from common.envs.pixels import has_health_check
+
+        require(self.env_id in TASKS, "env_id", "unsupported env id", f"choose from {', '.join(TASKS)}")
+        require(self.distractor in get_args(DistractorMode), "distractor", "is not a distractor mode",
+                f"choose from {', '.join(get_args(DistractorMode))}")
+        require(self.distractor != "video" or bool(self.background_dir), "distractor",
+                "plays clips from a folder", "pass --background-dir DIR (clips as sub-folders of images)")
+        at_least(self, 1, "image_size", "render_size", "max_episode_steps")
+        require(self.render_size % self.image_size == 0, "render_size", f"is not a multiple of --image-size "
+                f"{self.image_size} (frames are area-downsampled)", f"pass a multiple of {self.image_size}")
+        at_least(self, 0, "action_repeat", "bg_speed", "camera_shake", "color_drift", "distractor_seed")
+        in_range(self, "rho", -1.0, 1.0)
+        in_range(self, "ground_alpha", 0.0, 1.0)
+        require(self.terminate_when_unhealthy or has_health_check(self.env_id), "terminate_when_unhealthy",
+                f"{self.env_id} has no health check to turn off", "drop --no-terminate-when-unhealthy for it")
+        if self.background_dir:
+            try:
+                BackgroundLibrary(self.background_dir, self.image_size)
+            except (OSError, ValueError):
+                raise ConfigError(f"is not a folder of images ({', '.join(IMAGE_SUFFIXES)}) or of sub-folders of "
+                                  "images (clips)", "pass such a folder, or none for procedural backgrounds",
+                                  field="background_dir") from None
 
 
 class Observation(TypedDict):

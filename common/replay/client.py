@@ -31,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 
 from common.cli import ConfigError
+from common.config import at_least, blame, in_range, writable
 from common.codec import (MAX_BLOB_BYTES, Chunk, ChunkDecodeError, ChunkTooLarge, check_blob_size, decode_chunk,
                           encode_chunk)
 from common.metrics import Metrics
@@ -69,6 +70,14 @@ class ReplayConfig:
     redis_persist_dir: str | None = field(default=None, metadata={
         "help": "embedded Redis only: keep its append-only file here, so a restarted run keeps its replay"})
     dead_letter_cap: int = field(default=10_000, metadata={"help": "records kept in <run>:dead-letter"})
+
+    def validate(self) -> None:
+        with blame("run_name", "pass a name such as masklam-2"):
+            ReplayKeys(self.run_name)
+        at_least(self, 1, "capacity_chunks", "capacity_bytes", "dead_letter_cap")
+        in_range(self, "max_chunk_bytes", 1, MAX_BLOB_BYTES)
+        at_least(self, 0, "outage_deadline_s", "connect_timeout_s")
+        writable(self, "redis_persist_dir")
 
 
 @dataclass
@@ -112,8 +121,7 @@ class ReplayClient:
     """
 
     def __init__(self, url: str, config: ReplayConfig | None = None, metrics: Metrics | None = None):
-        self.config = config or ReplayConfig()
-        self._check_config()
+        self.config = config or ReplayConfig()  # checked where it was parsed (ReplayConfig.validate)
         self.keys = ReplayKeys(self.config.run_name)
         where = redact_url(url)
         check_access(url, self.config.allow_insecure_redis)
@@ -127,19 +135,6 @@ class ReplayClient:
         self.scripts = ReplayScripts(self.redis)
         self.sampler = Sampler(self.redis, self.keys, self.scripts.pick, self.config.max_chunk_bytes,
                                cache_size=self.config.capacity_chunks, refuse=self._refused_by_sampler)
-
-    def _check_config(self) -> None:
-        c = self.config
-        if c.capacity_chunks < 1 or c.capacity_bytes < 1 or c.dead_letter_cap < 1:
-            raise ConfigError("replay capacities and the dead-letter cap must be positive",
-                              "set --replay.capacity-chunks, --replay.capacity-bytes and --replay.dead-letter-cap "
-                              "to 1 or more")
-        if not 0 < c.max_chunk_bytes <= MAX_BLOB_BYTES:
-            raise ConfigError(f"--replay.max-chunk-bytes {c.max_chunk_bytes} is out of range",
-                              f"choose 1 .. {MAX_BLOB_BYTES}")
-        if c.outage_deadline_s < 0 or c.connect_timeout_s < 0:
-            raise ConfigError("--replay.outage-deadline-s and --replay.connect-timeout-s must be >= 0",
-                              "pass 0 or more seconds")
 
     def call(self, op: Callable[..., R], *args, **kwargs) -> R:
         """Run one Redis operation of this run (safe to repeat), waiting out outages."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from common.config import at_least
 from common.replay.client import ReplayClient, ReplayStats
 
 
@@ -35,6 +36,10 @@ class RateLimiterConfig:
     max_unsegmented_chunks: int = field(default=256, metadata={
         "help": "actors wait while this many chunks wait for the segmenter (below the replay's capacity, so "
                 "that no chunk is evicted before it is segmented)"})
+
+    def validate(self) -> None:
+        at_least(self, 0, "samples_per_insert", "min_ready_steps", "error_buffer")
+        at_least(self, 1, "max_unsegmented_chunks")
 
 
 class RateLimiterTimeout(TimeoutError):

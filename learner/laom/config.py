@@ -3,8 +3,8 @@
 LAOM (Nikulin et al., 2025) and LAOM-Labels are two points in one space (`METHODS`), as
 are the masked variants that carry MaskLAM's idea into LAOM's latent-space objective.
 The presets (learner/presets.py) fix the sizes: `paper` as the authors' released configuration (docs/design.md §5,
-and their reference code where the paper is silent), `ci` small enough to train at a few
-updates/s on two CPU cores at 32 px.
+and their reference code where the paper is silent), `ci` (the defaults here) small enough to
+train at a few updates/s on two CPU cores at 32 px.
 
 As the reference code: the IDM sees (o_t, o_{t+k}) but the FDM predicts the target
 encoder's features of o_{t+1}, and LAOM-Labels' labelled batches use random k as well.
@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from common.config import at_least, in_range, positive
 from learner import presets
 
 
@@ -35,6 +36,10 @@ class LAOMModelConfig:
     latent_dim: int = 256  # LAOM's latent is large and continuous (no quantiser)
     head_dim: int = 256  # width of the IDM and FDM heads
     head_depth: int = 2  # projection + residual-MLP blocks per head (the reference: 3)
+
+    def validate(self) -> None:
+        at_least(self, 1, "encoder_scale", "latent_dim", "head_dim", "head_depth")
+        at_least(self, 0, "num_blocks")
 
 
 @dataclass
@@ -50,6 +55,9 @@ class LAOMMethodConfig:
     # next observation (background black); "features" weights the FDM's error at each location
     # of the target feature map by the agent's share of it (MaskLAM's loss, in latent space).
     target_masking: Literal["none", "input", "features"] = "none"
+
+    def validate(self) -> None:
+        at_least(self, 1, "frame_stack", "max_future_offset", "label_budget")
 
     @property
     def context_frames(self) -> int:
@@ -86,6 +94,13 @@ class LAOMOptimConfig:
     label_coef: float = 0.001  # weight of the labelled action loss
     probe_coef: float = 0.01  # the online probe sees a detached latent: it never shapes the model
 
+    def validate(self) -> None:
+        at_least(self, 1, "batch_size", "updates", "label_batch_size")
+        positive(self, "lr")
+        at_least(self, 0, "weight_decay", "label_coef", "probe_coef")
+        in_range(self, "warmup", 0.0, 1.0)
+        in_range(self, "target_tau", 0.0, 1.0)
+
 
 @dataclass
 class LAOMConfig:
@@ -106,6 +121,6 @@ def laom_config(preset: str, method: str, **optim_overrides) -> LAOMConfig:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     row = presets.preset(preset, "laom")
-    return LAOMConfig(model=LAOMModelConfig(**row["model"]),
-                      method=dataclasses.replace(METHODS[method], **row["method"]),
-                      optim=LAOMOptimConfig(**{**row["optim"], **optim_overrides}))
+    return LAOMConfig(model=LAOMModelConfig(**row.get("model", {})),
+                      method=dataclasses.replace(METHODS[method], **row.get("method", {})),
+                      optim=LAOMOptimConfig(**{**row.get("optim", {}), **optim_overrides}))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import at_least, in_range, positive
 from common.nets import TanhGaussianActor, mlp
 
 
@@ -28,6 +29,12 @@ class SACConfig:
     tau: float = field(default=0.005, metadata={"help": "Polyak rate of the target critics"})
     batch_size: int = field(default=256, metadata={"help": "transitions per update"})
     init_temperature: float = field(default=1.0, metadata={"help": "initial entropy temperature alpha"})
+
+    def validate(self) -> None:
+        at_least(self, 1, "hidden", "batch_size")
+        positive(self, "lr", "init_temperature")  # the temperature is learned as its log
+        in_range(self, "gamma", 0.0, 1.0)
+        in_range(self, "tau", 0.0, 1.0)
 
 
 class TwinCritic(nn.Module):

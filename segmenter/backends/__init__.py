@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from segmenter.backends.base import Backend, resolve_device
+from segmenter.backends.base import Backend
 from segmenter.backends.oracle import OracleBackend
 from segmenter.backends.sam import SamBackend
 from segmenter.backends.sam_models import check_sam_checkpoint
@@ -35,5 +35,4 @@ def make_backend(config: "SegmenterConfig", device: torch.device) -> Backend:
     raise ValueError(f"unknown segmenter backend {config.backend!r}; expected oracle, sam or student")
 
 
-__all__ = ["Backend", "OracleBackend", "SamBackend", "StudentBackend", "check_backend", "make_backend",
-           "resolve_device"]
+__all__ = ["Backend", "OracleBackend", "SamBackend", "StudentBackend", "check_backend", "make_backend"]

@@ -1,4 +1,4 @@
-"""What every mask backend provides, and where it runs."""
+"""What every mask backend provides."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from common.codec import Chunk
 
@@ -28,10 +27,3 @@ class Backend(Protocol):
     def report(self) -> dict[str, float]:
         """Backend-specific running figures (e.g. the student's IoU against its teacher)."""
         ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" is the GPU when torch sees one (inside Ray: when the actor was given one)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -22,6 +22,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from common.codec import Chunk
+from common.config import at_least, in_range, require
 from segmenter.backends.sam_models import CHECKPOINTS_URL, load_sam
 from segmenter.backends.sam_prompting import EpisodeMemory, plausible, propagate_box, select_agent_mask
 
@@ -42,6 +43,14 @@ class SamConfig:
     sam_stability_thresh: float = field(default=0.85, metadata={"help": "bootstrap generator's stability filter"})
     sam_min_area: float = field(default=0.003, metadata={"help": "smallest plausible agent mask (frame fraction)"})
     sam_max_area: float = field(default=0.4, metadata={"help": "largest plausible agent mask (frame fraction)"})
+
+    def validate(self) -> None:
+        at_least(self, 1, "sam_encoder_batch", "sam_points_per_side")
+        at_least(self, 0, "sam_box_margin")
+        for name in ("sam_pred_iou_thresh", "sam_stability_thresh", "sam_min_area", "sam_max_area"):
+            in_range(self, name, 0.0, 1.0)
+        require(self.sam_min_area <= self.sam_max_area, "sam_min_area", f"is above --segmenter.sam-max-area "
+                f"{self.sam_max_area}", "pass a smallest area below the largest")
 
 
 class SamBackend:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from common.codec import Chunk
+from common.config import at_least, in_range, positive
 from segmenter.backends.base import Backend
 from segmenter.backends.student_net import StudentNet
 from segmenter.quality import mask_iou
@@ -50,6 +51,13 @@ class StudentConfig:
     student_buffer_frames: int = field(default=8192, metadata={"help": "recent labelled frames kept for training"})
     student_precision: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
         "help": "bfloat16 autocast (~2x faster where the hardware has bf16 units); auto = bf16 where it has them"})
+
+    def validate(self) -> None:
+        at_least(self, 0, "student_train_frames")
+        at_least(self, 1, "student_minibatch", "student_buffer_frames")
+        in_range(self, "student_serve_iou", 0.0, 1.0)
+        in_range(self, "student_audit_fraction", 0.0, 1.0)
+        positive(self, "student_passes", "student_lr")
 
 
 class _LabelledFrames:
