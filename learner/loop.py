@@ -162,7 +162,7 @@ class Learner:
         done = time.perf_counter()
         self.telemetry.record_sample(done - started, done - sampling, windows.chunk_ids)
         self.counters.data_wait_seconds += done - started
-        self.counters.chunks_sampled += batch
+        self.counters.windows_sampled += batch
         return windows
 
     def _lam_update(self) -> bool:

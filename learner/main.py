@@ -300,7 +300,7 @@ def print_summary(summary: dict) -> None:
             ("method / segmenter", f"{summary['method']} / {summary['segmenter']}"),
             ("actors", summary["num_actors"]),
             ("env steps", f"{summary['env_steps']:,} ({summary['env_steps_per_s']:.1f}/s this session)"),
-            ("chunks inserted / sampled", f"{summary['chunks_inserted']:,} / {summary['chunks_sampled']:,} windows"),
+            ("chunks inserted / windows sampled", f"{summary['chunks_inserted']:,} / {summary['windows_sampled']:,}"),
             ("learner updates", f"{summary['learner_updates']:,} (LAM {summary['lam_updates']:,}, policy "
                                 f"{summary['policy_updates']:,}; {summary['learner_updates_per_s']:.2f}/s)"),
             ("learner waiting for data", f"{100 * summary['data_wait_fraction']:.0f} % of the time"),

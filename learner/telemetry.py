@@ -32,7 +32,7 @@ class Counters:
     env_steps: int = 0
     chunks_inserted: int = 0
     steps_inserted: int = 0  # env steps in the inserted chunks
-    chunks_sampled: int = 0  # windows sampled: each is a slice of one chunk
+    windows_sampled: int = 0  # each a slice of one chunk
     lam_updates: int = 0
     policy_updates: int = 0
     weights_version: int = 0

@@ -145,7 +145,7 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert summary["lam_updates"] > 0 and summary["policy_updates"] > 0
     assert summary["learner_updates"] == summary["lam_updates"] + summary["policy_updates"]
     assert summary["weights_version"] >= 1 and summary["max_actor_weights_version"] >= 1
-    assert summary["chunks_inserted"] > 0 and summary["chunks_sampled"] > 0 and summary["env_steps"] > 0
+    assert summary["chunks_inserted"] > 0 and summary["windows_sampled"] > 0 and summary["env_steps"] > 0
     assert summary["actor_restarts"] >= 2
     assert scraped.get('masklam_learner_actor_restarts_total|role=rollout', 0) >= 1
 
