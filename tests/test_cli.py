@@ -72,8 +72,11 @@ def options(help_output: str) -> dict[str, tuple[str, str]]:
     texts: dict[str, list[str]] = {}
     current = None
     for line in help_output.splitlines():
+        inside = line.strip().startswith("│")  # a box's line: what follows its border is indented
+        body = line.strip()[1:] if inside else line.rstrip()
+        indent = len(body) - len(body.lstrip())  # an option's line is less indented than its help's
         line = line.strip().strip("│").strip()
-        match = re.match(r"(--[a-z][\w.-]*(?:, --[a-z][\w.-]*)?)(?: (\S+))?", line)
+        match = re.match(r"(--[a-z][\w.-]*(?:, --[a-z][\w.-]*)?)(?: (\S+))?", line) if indent <= 3 else None
         if match and match.group(1) != "--help":
             current = match.group(1)
             texts[current] = [match.group(2) or ""]
