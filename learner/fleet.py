@@ -122,17 +122,23 @@ class ActorFleet:
     def stop(self, timeout_s: float = 30.0, drain_s: float = 2.0) -> list[dict]:
         """Stop collecting: queued calls are cancelled, running ones that finish soon are counted,
         the others (e.g. held back by the rate limiter) are cut off with their actors; stop the
-        segmenters (they finish their open batch). Then take what the actors stored from the
-        replay's own count. Returns the segmenters' summaries."""
+        segmenters (they finish their open batch, if it takes no longer than the time left).
+        Then take what the actors stored from the replay's own count. All within about
+        `timeout_s` (a time-limited run passes what it can spare). Returns the segmenters' summaries."""
+        deadline = time.monotonic() + timeout_s
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         self._stop.set()
-        self._thread.join(timeout=timeout_s)
+        self._thread.join(timeout=left())
         if self._calls:
-            _, running = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=drain_s)
+            _, running = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=min(drain_s, left()))
             for ref in running:
                 ray.cancel(ref)  # a queued call never starts; a running one is not interrupted
         for segmenter in self.segmenters:
             segmenter.stop.remote()
-        done = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)[0] if self._runs else []
+        done = ray.wait(list(self._runs), num_returns=len(self._runs), timeout=left())[0] if self._runs else []
         summaries = []
         for ref in done:
             try:
@@ -141,7 +147,7 @@ class ActorFleet:
                 pass
         for handle in [*self.actors, *self.segmenters]:
             ray.kill(handle, no_restart=True)
-        self._fold_finished_calls(timeout_s)
+        self._fold_finished_calls(left())
         stored = self._replay.stored_by_actor()  # the actors are gone: nothing more is stored
         with self._lock:
             self._stored = {index: stored.get(index, (0, 0)) for index in self._stored}

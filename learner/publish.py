@@ -3,8 +3,10 @@
 `encode_policy` is what the learner publishes on the weights channel: `PixelPolicy.forward`
 exported with `torch.onnx.export` (opset `OPSET`, free batch axis), packed with its spec
 (`common.weights.pack_policy`). Exporting traces the network (seconds), so each spec is
-exported once, from a fresh network, and every publication only writes the current weights
-into that graph (milliseconds). The graph is exported unoptimised: the optimiser merges
+exported once, from a fresh network, and kept as the serialised graph; every publication
+writes the current weights into a copy of it (milliseconds). Publication is pure: the
+blob depends on the policy's weights and version only, and the cached export is never
+changed or tied to a live network. The graph is exported unoptimised: the optimiser merges
 initialisers that happen to be equal (zero biases at initialisation), which would tie
 weights that training later separates.
 
@@ -19,6 +21,7 @@ import functools
 import os
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -31,21 +34,24 @@ from common.weights import pack_policy
 
 def encode_policy(policy: PixelPolicy, version: int) -> bytes:
     """The weights blob of `policy` (on any device) as version `version`."""
-    program = _pixel_policy_program(policy.spec)
-    state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in policy.state_dict().items()}
-    initializers = program.model.graph.initializers
-    if not initializers.keys() <= state.keys():
+    graph = onnx.ModelProto.FromString(_pixel_policy_graph(policy.spec))  # a copy of its own
+    state = policy.state_dict()
+    names = {initializer.name for initializer in graph.graph.initializer}
+    if not names <= state.keys():
         raise RuntimeError(f"the exported graph holds weights that are not the policy's: "
-                           f"{sorted(initializers.keys() - state.keys())[:5]}")
-    program.apply_weights({name: state[name] for name in initializers})
-    return pack_policy(program.model_proto.SerializeToString(), policy.spec, version)
+                           f"{sorted(names - state.keys())[:5]}")
+    for initializer in graph.graph.initializer:
+        # fp32 in the standard layout, however the learner trains it (learner/compute.py)
+        weights = state[initializer.name].detach().to("cpu", torch.float32).contiguous().numpy()
+        initializer.CopyFrom(onnx.numpy_helper.from_array(weights, initializer.name))
+    return pack_policy(graph.SerializeToString(), policy.spec, version)
 
 
 @functools.lru_cache(maxsize=4)
-def _pixel_policy_program(spec: PixelPolicySpec) -> torch.onnx.ONNXProgram:
-    """The graph of `PixelPolicy(spec)`, checked once as actors will check it."""
+def _pixel_policy_graph(spec: PixelPolicySpec) -> bytes:
+    """The serialised graph of `PixelPolicy(spec)` (immutable), checked once as actors will check it."""
     example = torch.zeros((2, spec.frames, spec.image_size, spec.image_size, 3), dtype=torch.uint8)
-    return _export(PixelPolicy(spec), example, spec.signature())
+    return _export(PixelPolicy(spec), example, spec.signature()).model_proto.SerializeToString()
 
 
 class _DeterministicActor(nn.Module):

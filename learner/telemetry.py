@@ -20,7 +20,7 @@ import numpy as np
 from common import metrics as m
 from common.progress import Progress
 from common.replay import ReplayClient, ReplayStats
-from learner.fleet import ActorFleet, FleetTotals
+from learner.fleet import RECENT_RETURNS, ActorFleet, FleetTotals
 
 POLL_INTERVAL_S = 1.0
 
@@ -84,10 +84,12 @@ class Telemetry:
         self._restarts_exported = {"rollout": 0, "segmenter": 0}
 
     # -- a session ---------------------------------------------------------------------------
-    def start_session(self, counters: Counters, progress: Progress) -> None:
+    def start_session(self, counters: Counters, progress: Progress | None) -> None:
         self.progress = progress
         self.session_base = dataclasses.replace(counters)
         self.session_start = time.monotonic()
+        if progress is not None:
+            self.note("progress line: " + "; ".join(f"{key} = {meaning}" for key, meaning in PROGRESS_LEGEND.items()))
 
     def note(self, message: str) -> None:
         """A phase change or a result: one line in the log, above the progress line."""
@@ -203,9 +205,16 @@ def phases(counters: Counters, history: dict) -> dict:
     }
 
 
+# What each figure after the limits on the progress line is (printed once as a session starts).
+PROGRESS_LEGEND = {
+    "upd": "learner updates (LAM + policy)", "ready": "segmented chunks in the replay (what the learner samples)",
+    "v": "weights version published", "rec": "the LAM's latest reconstruction loss",
+    "critic": "SAC's latest critic loss", "ret": f"mean return of the last {RECENT_RETURNS} training episodes",
+    "eval": "mean return of the last evaluation", "probe": "held-out probe nMSE of the LAM's latent (lower is better)"}
+
+
 def progress_extras(stats: ReplayStats, fleet: FleetTotals, counters: Counters, history: dict, losses: dict) -> dict:
-    """The progress line's figures after the env steps: updates, ready chunks, weights version,
-    the latest reconstruction and critic losses, recent and evaluated returns, the probe."""
+    """The progress line's figures after the env steps (PROGRESS_LEGEND says what each is)."""
     c = counters
     extras = {"upd": c.learner_updates, "ready": stats.ready_chunks_stored, "v": c.weights_version,
               "rec": losses.get("lam", {}).get("reconstruction", float("nan"))}

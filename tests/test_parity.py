@@ -8,6 +8,7 @@ the learner's torch forward within 1e-5; and an actor process never imports torc
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from common.policy_graph import PolicyGraph
 from common.policy_spec import FrameStacker
 from common.weights import decode_policy
 from learner.experts import ExpertConfig, load_expert, train_expert
-from learner.publish import encode_policy
+from learner.publish import _pixel_policy_graph, encode_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS = ROOT / "models" / "experts"
@@ -76,6 +77,22 @@ def test_published_pixel_policy_matches_the_torch_forward_on_real_frames():
         assert np.abs(behaviour.policy.act(stacks) - actions).max() < TOLERANCE
         assert np.abs(latent).max() < 10 and latent.std(0).min() > 1e-3  # unit scale; the frames matter
         perturbed(policy, seed=version)
+
+
+def test_publication_is_pure_the_cached_export_never_follows_a_live_network():
+    """The export cached per spec is the same before a publication, after it, and after the
+    published network trains on (in place, as the optimiser does); the same weights give the
+    same blob whatever was published in between."""
+    spec = PixelPolicySpec(image_size=16, action_dim=6, latent_dim=8)
+    torch.manual_seed(0)
+    policy, other = PixelPolicy(spec), perturbed(PixelPolicy(spec), seed=1)
+    cached = _pixel_policy_graph(spec)
+    first = encode_policy(policy, 1)
+    snapshot = copy.deepcopy(policy)
+    perturbed(policy, seed=2)
+    assert _pixel_policy_graph(spec) == cached
+    assert encode_policy(other, 2) != encode_policy(snapshot, 2)
+    assert encode_policy(snapshot, 1) == first and _pixel_policy_graph(spec) == cached
 
 
 def expert_states(record: dict, graph: PolicyGraph, steps: int = 24) -> np.ndarray:
