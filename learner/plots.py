@@ -1,4 +1,5 @@
-"""The comparison's figures: loss curves, probe learning curves, nMSE bars, prediction grid."""
+"""The comparison's figures: loss curves, probe learning curves, nMSE bars, prediction grid, return against
+label budget with its reference rows."""
 
 from __future__ import annotations
 
@@ -107,19 +108,35 @@ def plot_prediction_grid(context: np.ndarray, target: np.ndarray, mask: np.ndarr
     plt.close(fig)
 
 
-def plot_return_vs_budget(methods: dict[str, dict], path: Path) -> None:
-    """Normalised return (mean ± std over seeds) against the decoder's labelled budget."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot_return_vs_budget(methods: dict[str, dict], references: dict, path: Path) -> None:
+    """Normalised return at rho = 0 (mean ± std over seeds) against the labelled budget: each
+    method's latent policy + decoder, labels-only BC as a dashed line over the same budgets, and
+    the ground-truth BC ceiling, the zero- and random-action floors and the expert as lines."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, m in methods.items():
         if not m.get("label_budgets"):
             continue
         budgets = np.array(m["label_budgets"])
         mean, std = np.array(m["normalized_return_per_budget"]), np.array(m["normalized_return_per_budget_std"])
         ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=3, label=name)
-    ax.axhline(1.0, color="grey", linestyle=":", label="expert")
-    ax.set(xscale="log", xlabel="labelled transitions (action decoder)", ylabel="normalised return",
-           title="return of latent policy + decoder / expert return")
-    ax.legend()
+    if labels_only := references.get("labels_only_bc"):
+        budgets = np.array([int(b) for b in labels_only])
+        mean = np.array([labels_only[b]["normalized_return"] for b in labels_only])
+        std = np.array([labels_only[b]["normalized_return_std"] for b in labels_only])
+        ax.errorbar(budgets, mean, yerr=std, color="black", linestyle="--", marker="s", capsize=3,
+                    label="labels-only BC (same network)")
+    for key, style, label in (("ground_truth_bc", "-", "ground-truth BC (ceiling)"),
+                              ("random", "-.", "random action"), ("zero", ":", "zero action")):
+        if key not in references:
+            continue
+        row = references[key]
+        ax.axhline(row["normalized_return"], color="dimgrey", linestyle=style, label=label)
+        ax.axhspan(row["normalized_return"] - row["normalized_return_std"],
+                   row["normalized_return"] + row["normalized_return_std"], color="grey", alpha=0.1)
+    ax.axhline(1.0, color="grey", linestyle=(0, (1, 4)), label="expert")
+    ax.set(xscale="log", xlabel="labelled transitions (random whole episodes)", ylabel="normalised return (rho = 0)",
+           title="return / expert return, with the references")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
