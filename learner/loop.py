@@ -39,6 +39,7 @@ from common.progress import Progress
 from common.replay import RateLimiter, RateLimiterConfig, ReplayClient
 from common.weights import WeightsChannel
 from common.windows import Windows
+from learner.compute import Compute, ComputeConfig
 from learner.data import transition_data
 from learner.downstream import DownstreamConfig
 from learner.evaluation import BackgroundEvaluation
@@ -86,7 +87,7 @@ class Learner:
     def __init__(self, family: Family, lam_config: Any, spec: PixelPolicySpec, schedule: ScheduleConfig, sac: SACConfig,
                  downstream: DownstreamConfig, limiter: RateLimiterConfig, env: EnvConfig, replay: ReplayClient,
                  fleet: ActorFleet | None, probe_set: ProbeSet, metrics: m.Metrics, out: Path, seed: int,
-                 device: torch.device, run_config: dict):
+                 device: torch.device, run_config: dict, compute: ComputeConfig = ComputeConfig()):
         if family.online_step is None:
             raise ValueError(f"the {family.name} family has no online update (learner.main checks online_family)")
         self.family, self.lam_config, self.schedule = family, lam_config, schedule
@@ -97,10 +98,11 @@ class Learner:
         self.telemetry = Telemetry(metrics, fleet, replay)
         self.evaluation = BackgroundEvaluation(env, downstream)
         torch.manual_seed(seed)
-        self.lam = family.build_model(lam_config, spec.image_size, spec.action_dim).to(device)
+        self.compute = Compute.resolve(compute, device)  # how every training step computes (learner/compute.py)
+        self.lam = self.compute.prepare(family.build_model(lam_config, spec.image_size, spec.action_dim).to(device))
         self.lam_optimizer = torch.optim.AdamW(self.lam.parameters(), lr=lam_config.optim.lr,
                                                weight_decay=lam_config.optim.weight_decay)
-        self.rl = LatentPolicyRL(spec, lam_config, sac, downstream, device)
+        self.rl = LatentPolicyRL(spec, lam_config, sac, downstream, device, compute)
         self.lam_batch = lam_config.optim.batch_size
         self.policy_batch = sac.batch_size
         self.counters = Counters()
@@ -171,7 +173,7 @@ class Learner:
             return False
         started = time.perf_counter()
         losses = self.family.online_step(self.lam, self.lam_optimizer, self.lam_config, windows, self.rng,
-                                         self.generator)
+                                         self.generator, compute=self.compute)
         self.counters.lam_updates += 1
         named = {("total" if k == "loss" else k): float(v.detach()) for k, v in losses.items()}
         self._record_update("lam", time.perf_counter() - started, named)

@@ -51,6 +51,7 @@ from common.latent_policy import PixelPolicySpec
 from common.metrics import Metrics
 from common.progress import Progress
 from common.replay import RateLimiterConfig, ReplayClient, ReplayConfig, redis_url_or_embedded
+from learner.compute import ComputeConfig
 from learner.data import DatasetSpec, ensure_dataset, load_dataset
 from learner.downstream import DownstreamConfig, transition_window
 from learner import presets
@@ -97,6 +98,7 @@ class LearnerMainConfig:
                 f"newest run in {RUNS})"})
     metrics_port: int = field(default=9100, metadata={"help": "serve Prometheus metrics on 127.0.0.1:PORT (0 = off)"})
     device: str = field(default="auto", metadata={"help": "torch device of the learner (auto = GPU if visible)"})
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads of the learner (0 = torch's default)"})
     data_dir: str = field(default="data/lam", metadata={"help": "where the held-out probe set is collected and reused"})
     probe_steps: int = field(default=2_000, metadata={"help": "decisions in the held-out probe set"})
@@ -257,7 +259,7 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
                        redis_url, config.replay, config.limiter, config.max_restarts)
     learner = Learner(online_family(config.method), lam, policy_spec, config.schedule, config.sac, config.downstream,
                       config.limiter, config.env, replay, fleet, probe_set, metrics, out, config.actor.seed, device,
-                      config_to_dict(config))
+                      config_to_dict(config), config.compute)
     if config.resume:
         learner.load_checkpoint(out / CHECKPOINT)
         c = learner.counters
@@ -284,7 +286,8 @@ def run(config: LearnerMainConfig, redis_url: str) -> dict:
             server.server_close()
         ray.shutdown()
     return {"env": spec, "preset": config.preset, "method": config.method, "segmenter": config.segmenter.backend,
-            "num_actors": config.num_actors, "device": str(device), "resumed": config.resume,
+            "num_actors": config.num_actors, "device": str(device), "compute": learner.compute.describe(),
+            "resumed": config.resume,
             **learner.summary(), "segmenters": segmenters}
 
 

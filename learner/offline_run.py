@@ -93,15 +93,16 @@ class OfflineRun:
     def record_probes(self, scores: dict) -> None:
         self.state["probes"].append({"update": self.update, **scores})
 
-    def finish(self, parameters: int) -> dict:
-        """Write and return metrics.json: final probe scores, losses, timings and curves."""
+    def finish(self, parameters: int, compute: dict | None = None) -> dict:
+        """Write and return metrics.json: final probe scores, losses, timings and curves, and how
+        the steps computed (`Compute.describe()`: layout, bf16, the CPU's features)."""
         self.progress.close()
         final, losses = self.state["probes"][-1], self.state["losses"]
         metrics = {
             "config": self.config, "seed": self.seed, "updates": self.update,
             "train_seconds": self.state["train_seconds"],
             "updates_per_s": self.update / max(self.state["train_seconds"], 1e-9),
-            "parameters": parameters,
+            "parameters": parameters, "compute": compute,
             **{k: v for k, v in final.items() if k != "update"},
             "final_losses": {k: v for k, v in losses[-1].items() if k != "update"} if losses else {},
             "loss_curve": losses, "probe_curve": self.state["probes"],

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.latent_policy import PixelPolicy, PixelPolicySpec, frames_to_input
 from common.windows import Windows
+from learner.compute import Compute, ComputeConfig
 from learner.data import TransitionData, idm_windows
-from learner.downstream import (DownstreamConfig, train_decoder, train_latent_bc, transition_window,
-                                usable_transitions)
+from learner.downstream import (DownstreamConfig, latent_bc_step, train_decoder, train_latent_bc,
+                                transition_window, usable_transitions)
 from learner.lam.config import LAMConfig
 from learner.lam.model import LatentActionModel
 from learner.lam.train import encode_windows
@@ -40,12 +40,15 @@ from learner.rl.sac import SACAgent, SACConfig
 
 
 class LatentPolicyRL:
-    """The pixel policy, its critic and their optimisers; `window` frames per sampled transition."""
+    """The pixel policy, its critic and their optimisers; `window` frames per sampled transition.
+    Every step runs in `compute`'s layout and precision (learner/compute.py)."""
 
     def __init__(self, spec: PixelPolicySpec, lam_config: LAMConfig, sac: SACConfig, downstream: DownstreamConfig,
-                 device: torch.device):
+                 device: torch.device, compute: ComputeConfig = ComputeConfig()):
         self.spec, self.lam_config, self.downstream, self.device = spec, lam_config, downstream, device
+        self.compute_config, self.compute = compute, Compute.resolve(compute, device)
         self.policy = PixelPolicy(spec).to(device)
+        self.compute.prepare(self.policy.latent_policy)
         critic_obs_dim = self.policy.latent_policy.feature_dim + spec.latent_dim
         self.agent = SACAgent(spec.latent_dim, spec.action_dim, sac, actor=self.policy.decoder,
                               critic_obs_dim=critic_obs_dim).to(device)
@@ -56,10 +59,11 @@ class LatentPolicyRL:
     def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int) -> dict:
         """Latent BC and the decoder from labelled actions; returns their metrics. The IDM's
         targets are computed where the LAM lives; the pixel policy is trained as offline."""
-        policy, metrics = train_latent_bc(lam_model, self.lam_config, data, self.downstream, seed, label="latent bc")
+        policy, metrics = train_latent_bc(lam_model, self.lam_config, data, self.downstream, seed, label="latent bc",
+                                          compute=self.compute_config)
         budget = self.downstream.budgets()[-1]
         transitions = usable_transitions(data, self.spec.frames, self.lam_config)
-        metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed)
+        metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed, self.compute_config)
         self.policy.load_state_dict(policy.state_dict())
         metrics.pop("bc_curve")
         return metrics
@@ -71,19 +75,16 @@ class LatentPolicyRL:
         b, frames = self.back, self.spec.frames
         method = self.lam_config.method
         target = encode_windows(lam_model, self.lam_config, idm_windows(windows, b, method), generator)[0]
-        latent_policy = self.policy.latent_policy
-        now = frames_to_input(windows.frames[:, b - frames + 1:b + 1]).to(self.device)
-        bc_loss = F.mse_loss(latent_policy(now), target)
-        self.bc_optimizer.zero_grad(set_to_none=True)
-        bc_loss.backward()
-        self.bc_optimizer.step()
+        latent_policy, compute = self.policy.latent_policy, self.compute
+        now = compute.layout(frames_to_input(windows.frames[:, b - frames + 1:b + 1]).to(self.device))
+        bc_loss = latent_bc_step(latent_policy, self.bc_optimizer, now, target, compute)["bc"]
         if not sac:
             return {"bc": bc_loss.item()}
 
-        following = frames_to_input(windows.frames[:, b - frames + 2:b + 2]).to(self.device)
-        with torch.no_grad():
-            features = latent_policy.features(torch.cat([now, following]))
-            latents = latent_policy.head(features)
+        following = compute.layout(frames_to_input(windows.frames[:, b - frames + 2:b + 2]).to(self.device))
+        with torch.no_grad(), compute.autocast():
+            features = latent_policy.features(torch.cat([now, following])).float()
+            latents = latent_policy.head(features).float()
             z, next_z = latents.chunk(2)
             critic_state, next_critic_state = torch.cat([features, latents], dim=1).chunk(2)
         step = {name: torch.from_numpy(np.ascontiguousarray(array[:, b])).float().to(self.device)

@@ -14,6 +14,7 @@ import torch._dynamo  # noqa: F401  (loads triton at collection, before any test
 from common.masks import morph_mask
 from common.windows import Windows
 from conftest import transition_data_of, windows_of
+from learner.compute import PLAIN, Compute, ComputeConfig
 from learner.data import TransitionData
 from learner.lam.batch import input_channels, make_batch, occlude_mask
 from learner.lam.config import METHODS, LAMConfig, MethodConfig, ModelConfig, OptimConfig, lam_config
@@ -130,7 +131,10 @@ def test_tiny_model_overfits_one_batch():
     windows.frames[:, 1] = np.roll(windows.frames[:, 0], 1, axis=2)  # the next frame: this one moved right
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
     rng, generator = np.random.default_rng(0), torch.Generator()
-    losses = [lam_step(model, optimizer, config, windows, rng, generator)["reconstruction"].item() for _ in range(150)]
+    compute = Compute.resolve(ComputeConfig(), "cpu")  # the default path: what the trainers run
+    compute.prepare(model)
+    losses = [lam_step(model, optimizer, config, windows, rng, generator, compute=compute)["reconstruction"].item()
+              for _ in range(150)]
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -142,6 +146,7 @@ def tiny_dataset() -> TransitionData:
 
 # Losses (means over 3 updates) of the seeded runs below, recorded before the offline trainer,
 # the online learner and the benchmark shared one update step: the objective must not drift.
+# They are the plain fp32 NCHW path's (learner/compute.py); tests/test_compute.py relates the others to it.
 PINNED_LOSSES = {
     ("masked", "none"): [{"loss": 0.314463, "reconstruction": 0.308209, "vq": 0.0, "probe": 0.625407},
                          {"loss": 0.278875, "reconstruction": 0.274243, "vq": 0.0, "probe": 0.463246}],
@@ -156,7 +161,7 @@ def test_seeded_training_losses_are_unchanged(tmp_path, loss, quantizer):
     config = LAMConfig(ModelConfig(num_blocks=1, latent_dim=8, quantizer=quantizer, vq_groups=2, vq_codes=16),
                        MethodConfig(loss=loss, max_future_offset=2), OptimConfig(batch_size=4, updates=6))
     metrics = train_lam(config, data, {"eval": make_probe_set(data, 2, 40, seed=0)}, tmp_path, seed=1,
-                        eval_every=100, log_every=3)
+                        eval_every=100, log_every=3, compute=PLAIN)
     curve = [{k: v for k, v in logged.items() if k != "update"} for logged in metrics["loss_curve"]]
     assert curve == [{k: pytest.approx(v, rel=1e-4, abs=1e-6) for k, v in logged.items()}
                      for logged in PINNED_LOSSES[loss, quantizer]]

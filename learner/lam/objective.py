@@ -38,7 +38,8 @@ def lam_losses(model: LatentActionModel, config: LAMConfig, batch: LAMBatch) -> 
     """The objective of one batch (`loss`) and its parts."""
     prediction, z, vq = model(batch.idm_input, batch.fdm_input)
     mask = batch.target_mask if config.method.loss == "masked" else None
-    reconstruction = reconstruction_loss(prediction, batch.target, mask)
-    probe = F.mse_loss(model.probe(z.detach()), batch.action)
+    # In fp32 whatever precision the forward ran in (learner/compute.py: bf16 autocast).
+    reconstruction = reconstruction_loss(prediction.float(), batch.target, mask)
+    probe = F.mse_loss(model.probe(z.detach()).float(), batch.action)
     loss = reconstruction + config.optim.vq_coef * vq + config.optim.probe_coef * probe
     return {"loss": loss, "reconstruction": reconstruction, "vq": vq, "probe": probe}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.windows import Windows
+from learner.compute import Compute, ComputeConfig
 from learner.data import TransitionData, idm_windows, sample_windows
 from learner.lam.batch import LAMBatch, input_channels, make_batch
 from learner.lam.config import LAMConfig, MethodConfig, ModelConfig, OptimConfig
@@ -42,15 +43,19 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int = 
 
 def lam_step(model: LatentActionModel, optimizer: torch.optim.Optimizer, config: LAMConfig, windows: Windows,
              rng: np.random.Generator, generator: torch.Generator,
-             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, torch.Tensor]:
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, compute: Compute) -> dict[str, torch.Tensor]:
     """One update on a batch of `config.method.window`-frame windows: the future offsets k ~ U{1..K}
-    from `rng`, the batch on the model's device, the objective (learner/lam/objective.py), an
-    optimiser step and, offline, a schedule step (the online learner keeps a constant rate).
+    from `rng`, the batch on the model's device in `compute`'s layout, the objective
+    (learner/lam/objective.py) under its autocast, an optimiser step and, offline, a schedule
+    step (the online learner keeps a constant rate).
     The one LAM update of offline training, the online learner and benchmarks.lam."""
     method = config.method
     offsets = rng.integers(1, method.max_future_offset + 1, size=len(windows.frames))
     device = next(model.parameters()).device
-    losses = lam_losses(model, config, make_batch(windows, method, config.model, offsets, generator).to(device))
+    batch = make_batch(windows, method, config.model, offsets, generator).to(device)
+    batch.idm_input, batch.fdm_input = compute.layout(batch.idm_input), compute.layout(batch.fdm_input)
+    with compute.autocast():
+        losses = lam_losses(model, config, batch)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     optimizer.step()
@@ -89,7 +94,8 @@ def latent_actions(model: LatentActionModel, config: LAMConfig, data: Transition
 
 
 def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, ProbeSet], out: str | Path,
-              seed: int, eval_every: int, label: str = "lam", log_every: int = 50, device: str = "cpu") -> dict:
+              seed: int, eval_every: int, label: str = "lam", log_every: int = 50, device: str = "cpu",
+              compute: ComputeConfig = ComputeConfig()) -> dict:
     """Train to `config.optim.updates` (resuming from OUT/checkpoint.pt), write OUT/metrics.json.
 
     Returns the metrics: final probe scores, final losses, timings and the curves.
@@ -99,7 +105,8 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
         return finished
     torch.manual_seed(seed)
     image_size = data.frames.shape[1]
-    model = build_model(config, image_size, data.action_dim).to(device)
+    step_compute = Compute.resolve(compute, device)
+    model = step_compute.prepare(build_model(config, image_size, data.action_dim).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = cosine_schedule(optimizer, config.optim.updates)
     run.resume(device, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -114,12 +121,12 @@ def train_lam(config: LAMConfig, data: TransitionData, probe_sets: dict[str, Pro
     while run.update < config.optim.updates:
         run.start_update()
         windows = sample_windows(data, starts, config.optim.batch_size, method.window, rng)
-        losses = lam_step(model, optimizer, config, windows, rng, generator, scheduler)
+        losses = lam_step(model, optimizer, config, windows, rng, generator, scheduler, compute=step_compute)
         if run.end_update(losses) or run.update % eval_every == 0:
             run.record_probes(evaluate_probes(model, config, probe_sets, encode_probe_set))
             run.save(model=model, optimizer=optimizer, scheduler=scheduler, image_size=image_size,
                      action_dim=data.action_dim)
-    return run.finish(sum(p.numel() for p in model.parameters()))
+    return run.finish(sum(p.numel() for p in model.parameters()), step_compute.describe())
 
 
 def load_model(out: str | Path) -> tuple[LatentActionModel, dict]:

@@ -99,5 +99,8 @@ def warp(images: torch.Tensor, warps: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image of the batch warped by its own random kind and parameters (drawn on the CPU)."""
-    return warp(images, random_warps(images.shape[0], images.shape[-1], generator))
+    """Each image of the batch warped by its own random kind and parameters (drawn on the CPU),
+    in fp32 even inside a bf16 autocast region (learner/compute.py): it prepares inputs, it is
+    not part of a network's forward pass."""
+    with torch.autocast(images.device.type, enabled=False):
+        return warp(images, random_warps(images.shape[0], images.shape[-1], generator))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from learner.compute import Compute
 from learner.data import TransitionData, Windows
 from learner.laom.config import LAOMMethodConfig
 
@@ -29,6 +30,11 @@ class LAOMBatch:
 
     def to(self, device: torch.device | str) -> "LAOMBatch":
         return LAOMBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+    def in_layout(self, compute: Compute) -> "LAOMBatch":
+        """The networks' inputs in `compute`'s training layout (learner/compute.py)."""
+        return dataclasses.replace(self, obs=compute.layout(self.obs), future=compute.layout(self.future),
+                                   next_obs=compute.layout(self.next_obs))
 
 
 def stack(frames: torch.Tensor, last: torch.Tensor, size: int) -> torch.Tensor:

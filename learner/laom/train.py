@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from common.windows import Windows
+from learner.compute import Compute, ComputeConfig
 from learner.data import TransitionData, idm_windows, sample_windows
 from learner.laom.augment import augment
 from learner.laom.batch import LAOMBatch, labelled_starts, make_batch
@@ -79,15 +80,16 @@ def laom_losses(model: LAOM, config: LAOMConfig, batch: LAOMBatch, labelled: LAO
         obs, future = augment(obs, draw), augment(future, draw)
     prediction, z = model(obs, future)
     target, weights = target_and_weights(model, method, batch, draw)
-    reconstruction = feature_loss(prediction, target, weights)
-    probe = F.mse_loss(model.probe(z.detach()), batch.action)
+    # In fp32 whatever precision the forward ran in (learner/compute.py: bf16 autocast).
+    reconstruction = feature_loss(prediction.float(), target.float(), weights)
+    probe = F.mse_loss(model.probe(z.detach()).float(), batch.action)
     losses = {"reconstruction": reconstruction, "probe": probe}
     loss = reconstruction + config.optim.probe_coef * probe
     if labelled is not None:
         obs, future = labelled.obs, labelled.future
         if draw is not None:
             obs, future = augment(obs, draw), augment(future, draw)
-        losses["label"] = F.mse_loss(model.action_head(model.latent(obs, future)[0]), labelled.action)
+        losses["label"] = F.mse_loss(model.action_head(model.latent(obs, future)[0]).float(), labelled.action)
         loss = loss + config.optim.label_coef * losses["label"]
     return {"loss": loss, **losses}
 
@@ -100,6 +102,17 @@ def apply_update(model: LAOM, optimizer: torch.optim.Optimizer, scheduler: torch
     optimizer.step()
     scheduler.step()
     model.update_target(tau)
+
+
+def laom_step(model: LAOM, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+              config: LAOMConfig, batch: LAOMBatch, labelled: LAOMBatch | None, generator: torch.Generator,
+              compute: Compute) -> dict[str, torch.Tensor]:
+    """One update: the objective under `compute`'s autocast, then `apply_update`. The step of
+    `train_laom` and benchmarks.lam (the batches already in `compute`'s layout)."""
+    with compute.autocast():
+        losses = laom_losses(model, config, batch, labelled, generator)
+    apply_update(model, optimizer, scheduler, losses["loss"], config.optim.target_tau)
+    return losses
 
 
 @torch.no_grad()
@@ -132,15 +145,18 @@ def latent_actions(model: LAOM, config: LAOMConfig, data: TransitionData, rows: 
 
 
 def train_laom(config: LAOMConfig, data: TransitionData, probe_sets: dict[str, ProbeSet], out: str | Path,
-               seed: int, eval_every: int, label: str = "laom", log_every: int = 50, device: str = "cpu") -> dict:
-    """Train to `config.optim.updates` (resuming from OUT/checkpoint.pt), write OUT/metrics.json."""
+               seed: int, eval_every: int, label: str = "laom", log_every: int = 50, device: str = "cpu",
+               compute: ComputeConfig = ComputeConfig()) -> dict:
+    """Train to `config.optim.updates` (resuming from OUT/checkpoint.pt), write OUT/metrics.json;
+    each step in `compute`'s layout and precision (learner/compute.py)."""
     optim = config.optim
     run = OfflineRun(out, config, seed, optim.updates, label, log_every)
     if (finished := run.finished()) is not None:
         return finished
     torch.manual_seed(seed)
     image_size = data.frames.shape[1]
-    model = build_model(config, image_size, data.action_dim).to(device)
+    step_compute = Compute.resolve(compute, device)
+    model = step_compute.prepare(build_model(config, image_size, data.action_dim).to(device))
     optimizer = torch.optim.AdamW(model.online_parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = cosine_schedule(optimizer, optim.updates, warmup=round(optim.warmup * optim.updates))
     run.resume(device, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -156,7 +172,8 @@ def train_laom(config: LAOMConfig, data: TransitionData, probe_sets: dict[str, P
 
     def draw(pool: np.ndarray, size: int) -> LAOMBatch:
         windows = sample_windows(data, pool, size, method.window, rng)
-        return make_batch(windows, method, rng.integers(1, method.max_future_offset + 1, size=size)).to(device)
+        offsets = rng.integers(1, method.max_future_offset + 1, size=size)
+        return make_batch(windows, method, offsets).to(device).in_layout(step_compute)
 
     if not run.state["probes"]:
         run.record_probes(evaluate_probes(model, config, probe_sets, encode=encode_probe_set))
@@ -164,13 +181,12 @@ def train_laom(config: LAOMConfig, data: TransitionData, probe_sets: dict[str, P
         run.start_update()
         batch = draw(starts, optim.batch_size)
         labelled = draw(label_starts, optim.label_batch_size) if label_starts is not None else None
-        losses = laom_losses(model, config, batch, labelled, generator)
-        apply_update(model, optimizer, scheduler, losses["loss"], optim.target_tau)
+        losses = laom_step(model, optimizer, scheduler, config, batch, labelled, generator, step_compute)
         if run.end_update(losses) or run.update % eval_every == 0:
             run.record_probes(evaluate_probes(model, config, probe_sets, encode=encode_probe_set))
             run.save(model=model, optimizer=optimizer, scheduler=scheduler, image_size=image_size,
                      action_dim=data.action_dim)
-    return run.finish(sum(p.numel() for p in model.online_parameters()))
+    return run.finish(sum(p.numel() for p in model.online_parameters()), step_compute.describe())
 
 
 def load_model(out: str | Path) -> tuple[LAOM, LAOMConfig]:
