@@ -9,7 +9,12 @@ then on every `publish_every` policy updates publish new weights. Along the way 
 learner scores the LAM's latent with a ridge probe on held-out labelled data, evaluates
 published policies in the background (learner/evaluation.py) and checkpoints
 (common/checkpoint.py); learner/telemetry.py polls the fleet and the replay, and exports
-the metrics, the progress line and the summary.
+the metrics, the progress line and the summary. `finish` ends a run within the time it
+is given (learner/budget.py): what does not fit is skipped or cut off, and says so.
+
+A resume continues every random stream the learner draws from: numpy's (sampling starts,
+the LAM's batches), the LAM's torch generator, and torch's global streams (SAC's action
+noise), all checkpointed; the bootstrap draws from a fork of them, so it never reseeds them.
 
 The model family comes from the method registry (learner/methods.py); `online_family`
 refuses a method whose family the online learner cannot train yet.
@@ -41,7 +46,7 @@ from common.weights import WeightsChannel
 from common.windows import Windows
 from learner.compute import Compute, ComputeConfig
 from learner.data import transition_data
-from learner.downstream import DownstreamConfig
+from learner.downstream import DownstreamConfig, TrainingStopped
 from learner.evaluation import BackgroundEvaluation
 from learner.fleet import ActorFleet
 from learner.methods import FAMILIES, METHODS, Family, family
@@ -53,7 +58,9 @@ from learner.telemetry import Counters, Telemetry
 
 log = logging.getLogger("masklam.learner")
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_KEYS = frozenset({"config", "counters", "history", "lam", "lam_optimizer", "rl", "rng", "generator"})
+CHECKPOINT_KEYS = frozenset({"config", "counters", "history", "lam", "lam_optimizer", "rl", "rng", "generator",
+                             "torch_rng"})
+MAX_EVALUATION_WAIT_S = 600.0  # the most the end of a run without a time limit waits for an evaluation
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Learner:
         self.history: dict = {"probes": [], "evals": [], "bootstrap": None}
         self.losses: dict[str, dict[str, float]] = {}
         self._last_probe = self._last_eval = -1
+        self._probe_seconds = 0.0  # the last probe's time (the end of a time-limited run reserves it)
         self._last_checkpoint = time.monotonic()
         self._should_stop: Callable[[Counters], bool] = lambda counters: False
         self._published = b""  # the weights blob last published
@@ -207,7 +215,11 @@ class Learner:
         self.telemetry.note(f"phase: bootstrap: latent BC and the action decoder on the newest "
                             f"{data.num_transitions} transitions (after {self.counters.lam_updates} LAM updates)")
         started = time.perf_counter()
-        metrics = self.rl.bootstrap(self.lam, data, self.seed)
+        try:
+            metrics = self.rl.bootstrap(self.lam, data, self.seed, should_stop=self._stopping)
+        except TrainingStopped as stopped:
+            self.telemetry.note(f"phase: bootstrap stopped {stopped} (the run is stopping); no weights published")
+            return
         self.history["bootstrap"] = {**metrics, "lam_updates": self.counters.lam_updates,
                                      "transitions": data.num_transitions, "seconds": time.perf_counter() - started}
         self._publish()
@@ -225,27 +237,36 @@ class Learner:
         self._published = encode_policy(self.rl.policy, self.counters.weights_version)
         self.weights.publish(self._published, self.counters.weights_version)
 
-    def _start_evaluation(self) -> None:
-        """Evaluate the latest published weights in the background (unless one is still running)."""
+    def _start_evaluation(self) -> bool:
+        """Evaluate the latest published weights in the background (unless one is still running);
+        True if it started."""
         c = self.counters
         record = {"weights_version": c.weights_version, "policy_updates": c.policy_updates, "env_steps": c.env_steps}
-        if self.evaluation.start(self._published, record):
-            self._last_eval = c.policy_updates
+        if not self.evaluation.start(self._published, record):
+            return False
+        self._last_eval = c.policy_updates
+        return True
 
-    def _collect_evaluation(self, timeout_s: float = 0.0) -> None:
-        if (result := self.evaluation.collect(timeout_s)) is not None:
-            self.history["evals"].append(result)
-            returns = np.asarray(result["returns"], dtype=float)
-            sem = returns.std(ddof=1) / np.sqrt(len(returns)) if len(returns) > 1 else float("nan")
-            self.telemetry.note(f"eval: weights v{result['weights_version']} after {result['policy_updates']} policy "
-                                f"updates: return {returns.mean():.1f} ± {sem:.1f} (s.e., {len(returns)} episodes)")
+    def _collect_evaluation(self, timeout_s: float = 0.0) -> bool:
+        """Record the running evaluation if it is done (waiting up to `timeout_s`); True if it was."""
+        if (result := self.evaluation.collect(timeout_s)) is None:
+            return False
+        self.history["evals"].append(result)
+        returns = np.asarray(result["returns"], dtype=float)
+        sem = returns.std(ddof=1) / np.sqrt(len(returns)) if len(returns) > 1 else float("nan")
+        self.telemetry.note(f"eval: weights v{result['weights_version']} after {result['policy_updates']} policy "
+                            f"updates: return {returns.mean():.1f} ± {sem:.1f} (s.e., {len(returns)} episodes, "
+                            f"{result['seconds']:.0f} s)")
+        return True
 
     def probe(self) -> None:
         """Ridge-probe nMSE of the LAM's latent on the held-out labelled set."""
+        started = time.monotonic()
         scores = evaluate_probes(self.lam, self.lam_config, {"eval": self.probe_set}, self.family.encode_probe_set)
         self.history["probes"].append({"lam_updates": self.counters.lam_updates,
                                        **{k: v for k, v in scores.items() if "per_dim" not in k}})
         self._last_probe = self.counters.lam_updates
+        self._probe_seconds = time.monotonic() - started
 
     def _periodic(self) -> None:
         s = self.schedule
@@ -257,17 +278,69 @@ class Learner:
         if time.monotonic() - self._last_checkpoint >= 60 * s.checkpoint_minutes:
             self.save_checkpoint()
 
-    def finish(self, eval_timeout_s: float = 600.0) -> None:
-        """Final probe and evaluation of the last weights, then a checkpoint."""
+    def end_reserve_s(self) -> float:
+        """What the end of the run will take, by the last measured times: a final probe if the LAM
+        changed since the last one; the rest of a running evaluation, and one of the latest
+        weights if they have none yet."""
+        probe = self._probe_seconds if self._last_probe != self.counters.lam_updates else 0.0
+        expected = self._evaluation_seconds()
+        running = max(0.0, expected - self.evaluation.running_seconds()) if self.evaluation.running else 0.0
+        return probe + running + (expected if self._needs_final_evaluation() else 0.0)
+
+    def _evaluation_seconds(self) -> float:
+        """How long an evaluation takes: the last one's time (0 before any has finished)."""
+        return self.history["evals"][-1].get("seconds", 0.0) if self.history["evals"] else 0.0
+
+    def _needs_final_evaluation(self) -> bool:
+        """Whether the latest weights are neither evaluated nor being evaluated."""
+        version = self.counters.weights_version
+        running = self.evaluation.running_record
+        return (self.bootstrapped and self.evaluation.downstream.eval_episodes > 0
+                and version not in [e["weights_version"] for e in self.history["evals"]]
+                and (running is None or running["weights_version"] != version))
+
+    def finish(self, seconds_left: Callable[[], float] = lambda: float("inf")) -> None:
+        """The final probe and the evaluation of the last weights within `seconds_left()` (what the
+        run's time limit leaves them), then a checkpoint. A probe that would not fit is skipped;
+        an evaluation is started only if its last measured time fits, waited for until the time
+        is up, and then cut off: each says so in a line."""
+        note = self.telemetry.note
         if self._last_probe != self.counters.lam_updates:
-            self.probe()
-        self._collect_evaluation(timeout_s=eval_timeout_s)
-        if self.bootstrapped and (not self.history["evals"]
-                                  or self.history["evals"][-1]["weights_version"] != self.counters.weights_version):
-            self._start_evaluation()
-            self._collect_evaluation(timeout_s=eval_timeout_s)
+            if seconds_left() > self._probe_seconds:
+                self.probe()
+                score = self.history["probes"][-1]["probe_nmse"]
+                note(f"final: probe nMSE {'-' if score is None else f'{score:.4f}'} after "
+                     f"{self.counters.lam_updates} LAM updates ({self._probe_seconds:.0f} s)")
+            else:
+                note(f"final: probe skipped: {max(0.0, seconds_left()):.0f} s left within the time limit, "
+                     f"one takes about {self._probe_seconds:.0f} s")
+        if self._await_evaluation(seconds_left) and self._needs_final_evaluation():
+            version, expected = self.counters.weights_version, self._evaluation_seconds()
+            if seconds_left() <= expected:
+                note(f"final: evaluation of weights v{version} skipped: {max(0.0, seconds_left()):.0f} s left "
+                     f"within the time limit, one takes about {expected:.0f} s")
+            elif self._start_evaluation():
+                note(f"final: evaluating weights v{version} ({self.evaluation.downstream.eval_episodes} episodes"
+                     + (f", about {expected:.0f} s)" if expected else ")"))
+                self._await_evaluation(seconds_left)
         self._poll(force=True)
         self.save_checkpoint()
+
+    def _await_evaluation(self, seconds_left: Callable[[], float]) -> bool:
+        """Wait for the running evaluation while the time allows (at most MAX_EVALUATION_WAIT_S);
+        when the time is up, cancel it with a line that says so. False if it was cut off."""
+        running = self.evaluation.running_record
+        if running is None:
+            return True
+        wait_s = min(seconds_left(), MAX_EVALUATION_WAIT_S)
+        if self._collect_evaluation(timeout_s=wait_s):
+            return True
+        ran = self.evaluation.running_seconds()
+        self.evaluation.cancel()
+        why = "the time limit" if wait_s < MAX_EVALUATION_WAIT_S else f"{MAX_EVALUATION_WAIT_S:.0f} s of waiting"
+        self.telemetry.note(f"final: evaluation of weights v{running['weights_version']} cut off at {why} "
+                            f"after {ran:.0f} s; not recorded")
+        return False
 
     def summary(self) -> dict:
         """Counters, rates of this session, latest scores, losses and history (for summary.json)."""
@@ -280,13 +353,13 @@ class Learner:
                  "history": json.dumps(self.history, default=float),
                  "lam": self.lam.state_dict(), "lam_optimizer": self.lam_optimizer.state_dict(),
                  "rl": self.rl.state_dict(), "rng": self.rng.bit_generator.state,
-                 "generator": self.generator.get_state()}
+                 "generator": self.generator.get_state(), "torch_rng": torch_rng_state(self.device)}
         path = checkpoint.write_checkpoint(state, self.out / CHECKPOINT)
         self._last_checkpoint = time.monotonic()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = read_checkpoint(path, self.device)
+        state = read_checkpoint(path)  # on the CPU, as RNG states must be; load_state_dict moves the rest
         self.lam.load_state_dict(state["lam"])
         self.lam_optimizer.load_state_dict(state["lam_optimizer"])
         self.rl.load_state_dict(state["rl"])
@@ -294,13 +367,26 @@ class Learner:
         self.history = json.loads(state["history"])
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
+        set_torch_rng_state(state["torch_rng"], self.device)
         self._last_probe = self.history["probes"][-1]["lam_updates"] if self.history["probes"] else -1
         self._last_eval = self.history["evals"][-1]["policy_updates"] if self.history["evals"] else -1
 
 
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint of `Learner.save_checkpoint`; ConfigError if the file is not one."""
-    return checkpoint.read_checkpoint(path, device, kind="learner checkpoint", required=CHECKPOINT_KEYS,
+def torch_rng_state(device: torch.device) -> dict:
+    """torch's global random streams that the learner draws from: the CPU's, and `device`'s if a GPU."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_torch_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint of `Learner.save_checkpoint` (on the CPU); ConfigError if the file is not one."""
+    return checkpoint.read_checkpoint(path, kind="learner checkpoint", required=CHECKPOINT_KEYS,
                                       fix="resume a folder whose checkpoint learner.main wrote whole, "
                                           "or start a new run in another --out")
 

@@ -9,8 +9,11 @@
 3. `--num-actors` rollout actors acting with the published pixel policy (their
    --actor.initial-policy until the first weights), and `--num-segmenters` mask services;
    actors send every chunk to the segmenter, so only masked chunks become ready.
-4. The learner (learner/loop.py) until `--max-minutes` (this session) or
-   `--total-env-steps` (the whole run), or Ctrl-C; then a last probe and evaluation.
+4. The learner (learner/loop.py) until the time limit, `--total-env-steps` (the whole run)
+   or Ctrl-C; then a last probe and evaluation. `--max-minutes` bounds this whole command
+   from its start, start-up and the end included (learner/budget.py): the loop stops while
+   the end still fits, and the end does what fits and says what it skipped or cut off.
+   The first lines say which limit governs and what the progress line's figures are.
 5. OUT/summary.json, OUT/config.json (resolved, without secrets), OUT/checkpoint.pt;
    `--resume` continues OUT/checkpoint.pt with its counters. Metrics are served on
    127.0.0.1:--metrics-port for Prometheus.
@@ -49,13 +52,14 @@ from common.devices import check_device, resolve_device
 from common.envs import EnvConfig, env_spec
 from common.latent_policy import PixelPolicySpec
 from common.metrics import Metrics
-from common.progress import Progress
+from common.progress import Progress, clock
 from common.replay import RateLimiterConfig, ReplayClient, ReplayConfig, redis_url_or_embedded
 from learner.compute import ComputeConfig
 from learner.data import DatasetSpec, ensure_dataset, load_dataset
 from learner.downstream import DownstreamConfig, transition_window
 from learner import presets
-from learner.fleet import ActorFleet
+from learner.budget import CLOSE_S, FLEET_STOP_S, Budget, StartUp, StartupTimeLimit
+from learner.fleet import ActorFleet, FleetFailed
 from learner.lam.config import METHODS, OnlineLAMConfig, online_lam_config
 from learner.loop import CHECKPOINT, Counters, Learner, ScheduleConfig, checkpoint_config, online_family
 from learner.probe import ProbeSet, make_probe_set
@@ -89,7 +93,9 @@ class LearnerMainConfig:
         "help": "Redis URL with credentials; default: $MASKLAM_REDIS_URL or a private embedded server"})
     ray_address: str | None = field(default=None, metadata={
         "help": "Ray cluster to join ('auto' on a ray-up head); default: a local Ray"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop after this many minutes (this session)"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "end this command within this many minutes of its start: start-up, learning and the final probe and "
+                "evaluation (default: no time limit)"})
     total_env_steps: int | None = field(default=None, metadata={
         "help": "stop once the run (all sessions) has stepped this many decisions"})
     resume: bool = field(default=False, metadata={"help": "continue OUT/checkpoint.pt"})
@@ -104,6 +110,8 @@ class LearnerMainConfig:
     probe_steps: int = field(default=2_000, metadata={"help": "decisions in the held-out probe set"})
     probe_samples: int = field(default=2_000, metadata={"help": "held-out windows the probe uses"})
     max_restarts: int = field(default=3, metadata={"help": "Ray restarts of a crashed rollout actor"})
+    max_replacements: int = field(default=2, metadata={
+        "help": "new actors started in a slot whose actor is out of restarts; one more crash loop fails the run"})
     env: Annotated[EnvConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EnvConfig)  # the task, unprefixed
     lam: OnlineLAMConfig = field(default_factory=OnlineLAMConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -118,7 +126,7 @@ class LearnerMainConfig:
         """Each part checks itself (common.config.validate); here, what holds across the parts."""
         at_least(self, 1, "num_actors", "total_env_steps", "probe_steps", "probe_samples")
         at_least(self, 1 if self.actor.segment else 0, "num_segmenters")
-        at_least(self, 0, "torch_threads", "max_restarts")
+        at_least(self, 0, "torch_threads", "max_restarts", "max_replacements")
         positive(self, "max_minutes", fix="pass minutes above 0 (no --max-minutes: no time limit)")
         in_range(self, "metrics_port", 0, 65535, fix="pass a free port, or 0 for none")
         redis_url(self)
@@ -157,7 +165,6 @@ class LearnerMainConfig:
             require(budget <= self.schedule.bootstrap_steps, "downstream.label_budgets", f"has {budget}, more than "
                     f"the {self.schedule.bootstrap_steps} transitions the bootstrap trains on "
                     "(--schedule.bootstrap-steps)", "pass smaller budgets, or more bootstrap steps")
-
 
 
 def defaults(preset: str, method: str) -> LearnerMainConfig:
@@ -235,67 +242,116 @@ class StopSignal:
         signal.signal(signum, signal.default_int_handler)
 
 
-def run(config: LearnerMainConfig, redis_url: str) -> dict:
-    """The whole run against `redis_url`; returns the summary."""
+def describe_limits(config: LearnerMainConfig, budget: Budget, env_steps: int) -> str:
+    """Which limits end the run, and which one governs (as far as it is known at the start)."""
+    preset_steps = presets.preset(config.preset, "learner.main").get("total_env_steps")
+    if budget.limit_s is not None:
+        time_limit = (f"--max-minutes {config.max_minutes:g} ({clock(budget.limit_s)} for the whole command, "
+                      f"{clock(budget.elapsed())} of it spent starting up)")
+    if config.total_env_steps is not None:
+        source = f"the {config.preset} preset's; " if config.total_env_steps == preset_steps else ""
+        step_cap = (f"--total-env-steps {config.total_env_steps:,} ({source}over all sessions of the run, "
+                    f"{env_steps:,} so far; none = no cap)")
+    if budget.limit_s is not None and config.total_env_steps is not None:
+        return (f"limits: {time_limit} and {step_cap}, whichever comes first; the progress line leads with the one "
+                "the current rate reaches first, and a line says which once the rate is measured")
+    if budget.limit_s is not None:
+        return f"limits: {time_limit} governs (no step cap)"
+    if config.total_env_steps is not None:
+        return f"limits: {step_cap} governs (no time limit: no --max-minutes)"
+    return "limits: none (no --max-minutes, --total-env-steps none): the run goes on until Ctrl-C"
+
+
+def run(config: LearnerMainConfig, redis_url: str, budget: Budget) -> dict:
+    """The whole run against `redis_url`, within `budget`; returns the summary."""
     out = Path(config.out)
     metrics = Metrics("prometheus")
     server = serve_metrics(metrics, config.metrics_port)
-    replay = ReplayClient(redis_url, config.replay, metrics=metrics)  # a wrong address or password fails here
-    device = resolve_device(config.device)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    spec = env_spec(config.env)
-    lam = config.lam
-    policy_spec = PixelPolicySpec(image_size=config.env.image_size, action_dim=spec["action_dim"],
-                                  latent_dim=lam.model.latent_dim, frames=config.downstream.policy_frames,
-                                  scale=config.downstream.policy_scale)
-    if not config.resume:
-        replay.clear()
-    probe_set = held_out_probe_set(config, lam, redis_url)
-    # a logical CPU for each actor, segmenter, the learner and the evaluation task (and its workers)
-    init_ray(config.ray_address, config.num_actors + config.num_segmenters + 2 + config.downstream.eval_workers)
-    stop_signal = StopSignal()
-    fleet = ActorFleet(config.num_actors, config.env, config.actor, config.segmenter, config.num_segmenters,
-                       redis_url, config.replay, config.limiter, config.max_restarts)
-    learner = Learner(online_family(config.method), lam, policy_spec, config.schedule, config.sac, config.downstream,
-                      config.limiter, config.env, replay, fleet, probe_set, metrics, out, config.actor.seed, device,
-                      config_to_dict(config), config.compute)
-    if config.resume:
-        learner.load_checkpoint(out / CHECKPOINT)
-        c = learner.counters
-        print(f"resumed {out / CHECKPOINT}: {c.env_steps} env steps, {c.lam_updates} LAM and {c.policy_updates} "
-              f"policy updates, weights version {c.weights_version}", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else float("inf")
-
-    def should_stop(counters: Counters) -> bool:
-        return (stop_signal.event.is_set() or time.monotonic() >= deadline
-                or (config.total_env_steps is not None and counters.env_steps >= config.total_env_steps))
-
-    progress = Progress("learner", config.total_env_steps or 0, interval_s=2.0,
-                        deadline=deadline if config.max_minutes else None)
     try:
-        try:
-            learner.run(should_stop, progress)
-        finally:
-            segmenters = fleet.stop()
-        learner.finish()  # the last probe and evaluation, with the actors' CPUs free
+        return _run(config, redis_url, budget, metrics, out)
     finally:
-        progress.close()
         if server is not None:
             server.shutdown()
             server.server_close()
         ray.shutdown()
+
+
+def _run(config: LearnerMainConfig, redis_url: str, budget: Budget, metrics: Metrics, out: Path) -> dict:
+    with StartUp(budget, reserve_s=CLOSE_S) as start:
+        replay = ReplayClient(redis_url, config.replay, metrics=metrics)  # a wrong address or password fails here
+        device = resolve_device(config.device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        spec = env_spec(config.env)
+        lam = config.lam
+        policy_spec = PixelPolicySpec(image_size=config.env.image_size, action_dim=spec["action_dim"],
+                                      latent_dim=lam.model.latent_dim, frames=config.downstream.policy_frames,
+                                      scale=config.downstream.policy_scale)
+        if not config.resume:
+            replay.clear()
+        with start.phase("the probe set"):
+            probe_set = held_out_probe_set(config, lam, redis_url)
+        with start.phase("Ray"):
+            # a logical CPU for each actor, segmenter, the learner and the evaluation task (and its workers)
+            init_ray(config.ray_address, config.num_actors + config.num_segmenters + 2 + config.downstream.eval_workers)
+        with start.phase("the actors and segmenters"):
+            fleet = ActorFleet(config.num_actors, config.env, config.actor, config.segmenter, config.num_segmenters,
+                               redis_url, config.replay, config.limiter, config.max_restarts, config.max_replacements)
+        with start.phase("the learner"):
+            learner = Learner(online_family(config.method), lam, policy_spec, config.schedule, config.sac,
+                              config.downstream, config.limiter, config.env, replay, fleet, probe_set, metrics, out,
+                              config.actor.seed, device, config_to_dict(config), config.compute)
+            if config.resume:
+                learner.load_checkpoint(out / CHECKPOINT)
+    stop_signal = StopSignal()
+    print(f"started in {clock(budget.elapsed())}: {start.describe()}", file=sys.stderr, flush=True)
+    if config.resume:
+        c = learner.counters
+        print(f"resumed {out / CHECKPOINT}: {c.env_steps} env steps, {c.lam_updates} LAM and {c.policy_updates} "
+              f"policy updates, weights version {c.weights_version}", file=sys.stderr, flush=True)
+    print(describe_limits(config, budget, learner.counters.env_steps), file=sys.stderr, flush=True)
+    stopped_by: list[str] = []  # what ended the loop
+
+    def should_stop(counters: Counters) -> bool:
+        if not stopped_by:
+            if stop_signal.event.is_set():
+                stopped_by.append("Ctrl-C")
+            elif budget.left() <= FLEET_STOP_S + CLOSE_S + learner.end_reserve_s():
+                stopped_by.append("time limit")
+            elif config.total_env_steps is not None and counters.env_steps >= config.total_env_steps:
+                stopped_by.append("step cap")
+        return bool(stopped_by)
+
+    progress = Progress("learner", config.total_env_steps or 0, interval_s=2.0, deadline=budget.deadline,
+                        started=budget.started)
+    try:
+        try:
+            learner.run(should_stop, progress)
+        except FleetFailed:
+            learner.save_checkpoint()  # what was learned so far: --resume continues it once the cause is fixed
+            raise
+        finally:
+            segmenters = fleet.stop(timeout_s=FLEET_STOP_S if budget.limit_s is not None else 30.0)
+        progress.note(f"final: the loop stopped at the {stopped_by[0]} after {clock(budget.elapsed())}; the actors "
+                      f"are stopped" + (f"; {clock(budget.left())} left for the final probe and evaluation"
+                                        if budget.limit_s is not None else ""))
+        learner.finish(lambda: budget.left() - CLOSE_S)  # the last probe and evaluation, with the actors' CPUs free
+    finally:
+        progress.close()
+    governing = {"time": "time limit", "units": "step cap", None: None}[progress.governing]
     return {"env": spec, "preset": config.preset, "method": config.method, "segmenter": config.segmenter.backend,
             "num_actors": config.num_actors, "device": str(device), "compute": learner.compute.describe(),
             "resumed": config.resume,
-            **learner.summary(), "segmenters": segmenters}
+            **learner.summary(), "segmenters": segmenters,
+            "limits": {"max_minutes": config.max_minutes, "total_env_steps": config.total_env_steps,
+                       "governing": governing, "stopped_by": stopped_by[0], "start_up": start.durations}}
 
 
 def print_summary(summary: dict) -> None:
     def number(value, fmt: str = ".3f") -> str:
         return "-" if value is None else format(value, fmt)
 
-    evaluations = summary["phases"]["evaluation"]
+    evaluations, limits = summary["phases"]["evaluation"], summary["limits"]
     losses = "; ".join(f"{phase}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                        for phase, values in summary["final_losses"].items())
     rows = [("env", f"{summary['env']['env_id']} / {summary['env']['distractor']['mode']} distractor, "
@@ -317,8 +373,11 @@ def print_summary(summary: dict) -> None:
                 evaluations["weights_versions"], evaluations["returns"])) or "none"),
             ("actor restarts", summary["actor_restarts"]),
             ("final losses", losses or "-"),
-            ("wall time", f"{summary['wall_seconds']:.0f} s this session (learning {summary['loop_seconds']:.0f} s), "
-                          f"{summary['total_wall_seconds']:.0f} s in all")]
+            ("loop stopped by", limits["stopped_by"]),
+            ("wall time", f"{limits['command_seconds']:.0f} s for this command"
+                          + ("" if limits["max_minutes"] is None else f" (limit {60 * limits['max_minutes']:.0f} s)")
+                          + f", learning {summary['loop_seconds']:.0f} s; {summary['total_wall_seconds']:.0f} s of "
+                            "learning over all sessions")]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
@@ -326,12 +385,23 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = parse_learner_config(argv)
+    budget = Budget.of_this_process(config.max_minutes)  # counted from this process's start
     out = resolve_out(config)
     config = dataclasses.replace(config, out=str(out))
     check_resumable(config, out / CHECKPOINT)
     save_resolved_config(config, out)
     with redis_url_or_embedded(config.redis_url, config.replay) as url:
-        summary = run(config, url)
+        try:
+            summary = run(config, url, budget)
+        except FleetFailed as exc:
+            print(f"error: {exc} — fix that, then --resume continues from {out / CHECKPOINT}", file=sys.stderr)
+            return 1
+        except StartupTimeLimit as exc:
+            print(f"error: --max-minutes {config.max_minutes:g} ran out while the run was starting up, {exc} — "
+                  f"raise --max-minutes (a probe set, once collected, is kept in {config.data_dir}, so later starts "
+                  "are faster)", file=sys.stderr)
+            return 1
+    summary["limits"]["command_seconds"] = budget.elapsed()
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     print_summary(summary)
     print(f"wrote {out / 'summary.json'}")

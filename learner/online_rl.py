@@ -24,6 +24,8 @@ would triple an update's cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -56,14 +58,19 @@ class LatentPolicyRL:
         # Row t of a sampled window sits at `back` (the same rows `usable_transitions` picks offline).
         self.back, self.window = transition_window(spec.frames, lam_config.method)
 
-    def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int) -> dict:
-        """Latent BC and the decoder from labelled actions; returns their metrics. The IDM's
-        targets are computed where the LAM lives; the pixel policy is trained as offline."""
-        policy, metrics = train_latent_bc(lam_model, self.lam_config, data, self.downstream, seed, label="latent bc",
-                                          compute=self.compute_config)
-        budget = self.downstream.budgets()[-1]
-        transitions = usable_transitions(data, self.spec.frames, self.lam_config)
-        metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed, self.compute_config)
+    def bootstrap(self, lam_model: LatentActionModel, data: TransitionData, seed: int,
+                  should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """Latent BC and the decoder from labelled actions, trained as offline on the LAM's device
+        (the learner's); returns their metrics. Seeded by `seed` on a fork of torch's global
+        random streams, so the streams SAC draws from go on as they were. TrainingStopped
+        (the policy unchanged) if `should_stop()` says so between two updates."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            policy, metrics = train_latent_bc(lam_model, self.lam_config, data, self.downstream, seed,
+                                              label="latent bc", compute=self.compute_config, should_stop=should_stop)
+            budget = self.downstream.budgets()[-1]
+            transitions = usable_transitions(data, self.spec.frames, self.lam_config)
+            metrics |= train_decoder(policy, data, transitions, budget, self.downstream, seed, self.compute_config,
+                                     should_stop)
         self.policy.load_state_dict(policy.state_dict())
         metrics.pop("bc_curve")
         return metrics

@@ -2,18 +2,23 @@
 segmenter, tiny frames. The first run is scraped for metrics while it runs and has the
 processes of one rollout actor and of the segmenter killed; every chunk it left in the replay
 is then checked whole and counted, and the second run resumes its checkpoint. Another run has
-its learner process killed, and is resumed from its last checkpoint."""
+its learner process killed, and is resumed from its last checkpoint. These runs end when the
+test has seen what it waits for (SIGTERM, as Ctrl-C), not at a time limit, so a slow start-up
+on a busy machine changes nothing; one run checks that `--max-minutes` bounds the whole command."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,9 @@ from common.cli import ConfigError
 from common.codec import decode_chunk
 from common.envs import EnvConfig
 from common.latent_policy import PixelPolicy, PixelPolicySpec
+import common.progress as progress_module
 from common.metrics import scrape_metrics
+from common.progress import Progress
 from common.processes import process_tree
 from common.replay import ReplayClient, ReplayConfig
 from common.replay.redis_server import free_loopback_port
@@ -83,6 +90,22 @@ def _finish(process: subprocess.Popen, log: Path, timeout_s: float) -> None:
     assert process.returncode == 0, log.read_text()[-4000:]
 
 
+def _run_until(process: subprocess.Popen, port: int, log: Path, done: Callable[[dict[str, float]], bool],
+               timeout_s: float = 900.0) -> dict[str, float]:
+    """Scrape the learner's metrics until `done(metrics)`, then stop it as Ctrl-C does (SIGTERM)
+    and wait for its clean end; returns the last metrics scraped. A run bounded by what it has
+    done, not by time: however long start-up takes on a busy machine, it gets there."""
+    scraped: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while not done(scraped):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(1.0)
+        scraped = scrape_metrics(port) or scraped
+    process.send_signal(signal.SIGTERM)
+    _finish(process, log, timeout_s=600)
+    return scraped
+
+
 @pytest.fixture(scope="module")
 def probe_data(tmp_path_factory) -> Path:
     """One held-out probe set for the runs of this module (collected by the first)."""
@@ -121,25 +144,29 @@ def _check_replay_whole(replay: ReplayClient) -> dict[int, set[str]]:
 def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_resumes(redis_server, tmp_path,
                                                                                      probe_data):
     out, port = tmp_path / "run", free_loopback_port()
-    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", f"learner-{port}"]
-    scraped: dict[str, float] = {}
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", f"learner-{port}",
+              "--total-env-steps", "none"]  # the torch-free actors could cover a step cap before an update
     killed: list[int] = []
-    with _learner([*common, "--metrics-port", str(port), "--max-minutes", "1.0", "--total-env-steps", "none"],
-                  redis_server.url, tmp_path / "first.log") as first:
-        deadline = time.monotonic() + 240
-        while first.poll() is None and time.monotonic() < deadline:
-            scraped = scrape_metrics(port) or scraped
-            published = scraped.get('masklam_learner_weights_version', 0)
-            if not killed and published >= 1:
-                # Ray restarts both; the learner must count the restarts, and the run go on
-                killed = [*actor_pids(first.pid, "RolloutWorker")[:1], *actor_pids(first.pid, "SegmenterService")]
-                for pid in killed:
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(1.0)
-        _finish(first, tmp_path / "first.log", timeout_s=120)
+    version_killed = [0]
+
+    def kill_then_see_restarts(scraped: dict[str, float]) -> bool:
+        """Once weights are published, SIGKILL one rollout actor and the segmenter (Ray restarts
+        both); done once the learner has counted both restarts and published again."""
+        version = scraped.get('masklam_learner_weights_version', 0)
+        if not killed and version >= 1:
+            killed.extend([*actor_pids(first.pid, "RolloutWorker")[:1], *actor_pids(first.pid, "SegmenterService")])
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            version_killed[0] = version
+        return (bool(killed) and version > version_killed[0]
+                and scraped.get('masklam_learner_actor_restarts_total|role=rollout', 0) >= 1
+                and scraped.get('masklam_learner_actor_restarts_total|role=segmenter', 0) >= 1)
+
+    with _learner([*common, "--metrics-port", str(port)], redis_server.url, tmp_path / "first.log") as first:
+        scraped = _run_until(first, port, tmp_path / "first.log", kill_then_see_restarts)
     assert scraped.get('masklam_learner_updates_total|phase=lam', 0) > 0, sorted(scraped)[:40]
     assert scraped.get('masklam_replay_ready_items', 0) > 0
-    assert len(killed) == 2, "no weights were published while the run was scraped"
+    assert len(killed) == 2
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lam_updates"] > 0 and summary["policy_updates"] > 0
@@ -160,18 +187,78 @@ def test_learner_runs_publishes_weights_exports_metrics_survives_a_crash_and_res
     assert (out / "checkpoint.pt").is_file()
     assert redis_server.password not in (out / "config.json").read_text()
 
-    # bounded by time, not env steps: the torch-free actors can cover a step budget before the
-    # resumed learner has made its first update
-    with _learner([*common, "--resume", "--metrics-port", "0", "--max-minutes", "1.0", "--total-env-steps", "none"],
-                  redis_server.url, tmp_path / "second.log") as second:
-        _finish(second, tmp_path / "second.log", timeout_s=300)
+    port = free_loopback_port()
+    with _learner([*common, "--resume", "--metrics-port", str(port)], redis_server.url,
+                  tmp_path / "second.log") as second:
+        _run_until(second, port, tmp_path / "second.log",
+                   lambda scraped: scraped.get('masklam_learner_weights_version', 0) > summary["weights_version"])
     resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["limits"]["stopped_by"] == "Ctrl-C"
     assert resumed["resumed"] and resumed["env_steps"] > summary["env_steps"]
     assert resumed["lam_updates"] > summary["lam_updates"]
     assert resumed["policy_updates"] > summary["policy_updates"]
     assert resumed["weights_version"] > summary["weights_version"]
     assert resumed["actor_restarts"] >= summary["actor_restarts"]
     assert resumed["evals"][:len(summary["evals"])] == summary["evals"]
+
+
+def test_max_minutes_bounds_the_whole_command(redis_server, tmp_path, probe_data):
+    """`--max-minutes 2` ends the whole command within 2 minutes and 30 s of wall time, measured
+    here from the process's start: start-up (Redis, the probe set, Ray, the actors), learning, and
+    the end, whose evaluations of 20 episodes would take minutes to wait for. The summary says
+    what stopped the loop and which limit governed. (On a machine so loaded that start-up alone
+    takes the 2 minutes, the command ends in time with one line saying so instead.)"""
+    out, log = tmp_path / "run", tmp_path / "limit.log"
+    started = time.monotonic()
+    with _learner(["--out", str(out), "--data-dir", str(probe_data), "--num-actors", "2", "--metrics-port", "0",
+                   "--replay.run-name", f"limit-{free_loopback_port()}", "--max-minutes", "2",
+                   "--total-env-steps", "none", "--downstream.eval-episodes", "20"], redis_server.url, log) as process:
+        process.wait(timeout=600)
+        wall = time.monotonic() - started
+    text = log.read_text()
+    print(f"learner.main --max-minutes 2: {wall:.1f} s of wall time, exit status {process.returncode}")
+    assert wall <= 120 + 30, text[-4000:]
+    if process.returncode == 1:
+        (line,) = [line for line in text.splitlines() if line.startswith("error: ")]
+        assert line.startswith("error: --max-minutes 2 ran out while the run was starting up"), text[-4000:]
+        assert "Traceback" not in text, text[-4000:]
+        return
+    assert process.returncode == 0, text[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["limits"]["stopped_by"] == summary["limits"]["governing"] == "time limit"
+    assert summary["limits"]["command_seconds"] <= wall
+    assert "limits: --max-minutes 2 (2:00 for the whole command" in text and "progress line: upd = " in text
+    assert "final: the loop stopped at the time limit" in text
+    print(f"  the command's own count: {summary['limits']['command_seconds']:.1f} s; start-up "
+          f"{summary['limits']['start_up']}; {summary['lam_updates']} LAM and {summary['policy_updates']} policy "
+          f"updates; evaluations {summary['phases']['evaluation']}")
+
+
+def test_the_progress_line_leads_with_the_limit_that_governs_and_this_sessions_rate(monkeypatch):
+    """A resumed run (500,000 steps before this session), 10 steps per update: the rate is this
+    session's, not 500,000 over its seconds; the line leads with the time limit while the step
+    cap is far, and with the step cap once it comes first, each change said in a note."""
+    monkeypatch.setattr(progress_module, "RATE_MIN_S", 0.0)  # judge from the first two updates
+    for total, first in ((1_000_000, "time"), (500_100, "units")):
+        stream, started = io.StringIO(), time.monotonic()
+        progress = Progress("learner", total, interval_s=0, stream=stream, deadline=started + 240,
+                            started=started - 60)
+        for i in range(4):
+            progress.update(500_000 + 10 * i, upd=1_000 + i)
+            time.sleep(0.05)
+        lines = stream.getvalue().splitlines()
+        assert progress.governing == first
+        rate = float(re.search(r", ([\d,.]+) steps/s", lines[-1]).group(1).replace(",", ""))
+        assert 0 < rate <= 10 / 0.05
+        if first == "time":
+            assert re.fullmatch(r"learner 1:0\d / 5:00 \(2\d %\) \| 500,030 / 1,000,000 steps \(50 %\), [\d,.]+ "
+                                r"steps/s, ETA [\d:]+ \| upd 1,003", lines[-1]), lines[-1]
+            assert any(line.startswith("learner: the time limit comes first: ") for line in lines)
+        else:
+            assert re.fullmatch(r"learner 500,030 / 500,100 steps \(100 %\), [\d,.]+ steps/s, ETA [\d:]+ \| "
+                                r"1:0\d / 5:00 \(2\d %\) \| upd 1,003", lines[-1]), lines[-1]
+            assert any(line.startswith("learner: the steps limit comes first: 500,100 steps in about ")
+                       for line in lines)
 
 
 def test_the_learner_takes_its_family_from_the_registry_and_refuses_one_it_cannot_train_online():
@@ -190,10 +277,10 @@ def test_a_killed_learner_resumes_from_its_last_checkpoint(redis_server, tmp_pat
     optimiser state (its step count goes on), and every chunk of both sessions is whole."""
     out, log, run_name = tmp_path / "run", tmp_path / "first.log", f"killed-{free_loopback_port()}"
     checkpoint = out / "checkpoint.pt"
-    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", run_name, "--metrics-port", "0",
-              "--schedule.checkpoint-minutes", "0.1"]
-    with _learner([*common, "--max-minutes", "3", "--total-env-steps", "none"], redis_server.url, log) as first:
-        deadline = time.monotonic() + 300
+    common = ["--out", str(out), "--data-dir", str(probe_data), "--replay.run-name", run_name,
+              "--schedule.checkpoint-minutes", "0.1", "--total-env-steps", "none"]
+    with _learner([*common, "--metrics-port", "0"], redis_server.url, log) as first:
+        deadline = time.monotonic() + 900
         while not (checkpoint.is_file() and read_checkpoint(checkpoint)["counters"]["weights_version"] >= 1):
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(0.5)
@@ -204,11 +291,11 @@ def test_a_killed_learner_resumes_from_its_last_checkpoint(redis_server, tmp_pat
     last = read_checkpoint(checkpoint)  # the kill may have come after a later one
     before = last["counters"]
 
-    # bounded by time, not env steps: the torch-free actors can cover a step budget before the
-    # resumed learner has made its first update
-    with _learner([*common, "--resume", "--max-minutes", "1.5", "--total-env-steps", "none"], redis_server.url,
+    port = free_loopback_port()
+    with _learner([*common, "--resume", "--metrics-port", str(port)], redis_server.url,
                   tmp_path / "second.log") as second:
-        _finish(second, tmp_path / "second.log", timeout_s=400)
+        _run_until(second, port, tmp_path / "second.log",
+                   lambda scraped: scraped.get('masklam_learner_weights_version', 0) > before["weights_version"])
     assert (f"resumed {checkpoint}: {before['env_steps']} env steps, {before['lam_updates']} LAM and "
             f"{before['policy_updates']} policy updates, weights version {before['weights_version']}"
             in (tmp_path / "second.log").read_text())
