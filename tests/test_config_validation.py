@@ -126,6 +126,7 @@ BAD: dict[str, str | tuple[str, ...]] = {
     "--probe-steps": "0", "--probe-samples": "0", "--max-restarts": "-1", "--max-replacements": "-1",
     "--methods": "lapo,nosuch", "--seeds": "0", "--train-steps": "0", "--heldout-steps": "0", "--eval-every": "0",
     "--jobs": "0", "--collect-actors": "0", "--data-action-noise": "-1", "--expert-dir": "/nonexistent",
+    "--references": "zero,nosuch",
     "--check-batch": "0", "--total-steps": "0", "--learning-starts": "-1", "--updates-per-decision": "0",
     "--eval-episodes": "0", "--seed": "-1", "--threads": "0",
     # the benchmarks'
