@@ -301,9 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     config = parse(ExpertConfig, argv, "python -m learner.experts")
     with config_errors("see python -m learner.experts --help"):
         task_view(config.env_id)
-    if not config.updates_per_decision > 0:
-        raise ConfigError(f"--updates-per-decision {config.updates_per_decision} must be positive",
-                          "pass e.g. 1 (one SAC update per decision) or 0.5")
     summary = train_expert(config)
     print(f"{summary['env_id']}: mean return {summary['mean_return']:.1f} ± {summary['std_return']:.1f} "
           f"over {summary['eval_episodes']} episodes (best of {len(summary['history'])} evaluations)")
