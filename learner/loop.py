@@ -65,17 +65,20 @@ MAX_EVALUATION_WAIT_S = 600.0  # the most the end of a run without a time limit 
 
 @dataclass
 class ScheduleConfig:
-    """When the learner does what (counted in updates unless named otherwise)."""
+    """When the learner does what (counted in updates unless named otherwise). The defaults are the
+    `ci` preset's: every phase within the README's 5 minutes on 2 cores (a short LAM warm-up, then
+    RL rounds with a publication every 50 and an evaluation every 200 policy updates)."""
 
     lam_updates_per_round: int = field(default=10, metadata={"help": "K: LAM updates per round"})
     policy_updates_per_round: int = field(default=10, metadata={"help": "M: latent-policy updates per round"})
     publish_every: int = field(default=50, metadata={"help": "P: policy updates between weight publications"})
-    bootstrap_after: int = field(default=1_000, metadata={
+    bootstrap_after: int = field(default=300, metadata={
         "help": "LAM updates before the latent policy and decoder are bootstrapped and first published"})
     bootstrap_steps: int = field(default=8_000, metadata={
-        "help": "newest ready transitions the bootstrap trains on (its first --downstream.label-budgets are labelled)"})
-    probe_every: int = field(default=500, metadata={"help": "LAM updates between held-out probe scores"})
-    eval_every: int = field(default=1_000, metadata={"help": "policy updates between evaluations of the weights"})
+        "help": "newest ready transitions the bootstrap trains on (the decoder's labelled subset, the last of "
+                "--downstream.label-budgets, is drawn from them as whole episodes)"})
+    probe_every: int = field(default=300, metadata={"help": "LAM updates between held-out probe scores"})
+    eval_every: int = field(default=200, metadata={"help": "policy updates between evaluations of the weights"})
     checkpoint_minutes: float = field(default=5.0, metadata={"help": "minutes between checkpoints"})
     rl: bool = field(default=True, metadata={
         "help": "SAC in every policy update; off: latent BC only (the control that shows what RL adds)"})

@@ -35,13 +35,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "env": {"image_size": 32, "action_repeat": 3, "max_episode_steps": 250},
             "segmenter": {"torch_threads": 1},
             "replay": {"run_name": "masklam-learner", "capacity_chunks": 4_000, "capacity_bytes": 2**30},
-            "limiter": {"samples_per_insert": 4.0, "error_buffer": 10_000.0},
             "sac": {"batch_size": 64},
-            # Every phase within the README's 5 minutes on 2 cores: a short LAM warm-up, a small
-            # bootstrap, then RL rounds with a publication every 50 and an evaluation every 200
-            # policy updates (the LAM keeps training in every round).
-            "downstream": {"bc_updates": 300, "decoder_updates": 300, "label_budgets": "4000", "eval_episodes": 4},
-            "schedule": {"bootstrap_after": 300, "probe_every": 300, "eval_every": 200}},
+            # Every phase within the README's 5 minutes on 2 cores: a small bootstrap (the schedule's and the
+            # rate limiter's defaults are this preset's: learner/loop.py, common/replay/rate_limiter.py).
+            "downstream": {"bc_updates": 300, "decoder_updates": 300, "label_budgets": "4000", "eval_episodes": 4}},
         "learner.compare": {
             "env": {"image_size": 32, "action_repeat": 3, "max_episode_steps": 250}},
     },
@@ -61,6 +58,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "env": {"action_repeat": 3},  # the authors' 64 px frames and 1000-decision episodes: the defaults
             "segmenter": {"torch_threads": 1},
             "replay": {"run_name": "masklam-learner"},
+            "limiter": {"samples_per_insert": 8.0, "error_buffer": 20_000.0},
             "downstream": {"label_budgets": "128000", "eval_workers": 4},
             "schedule": {"bootstrap_after": 10_000, "bootstrap_steps": 200_000, "probe_every": 2_500,
                          "eval_every": 5_000, "publish_every": 100, "checkpoint_minutes": 10.0}},

@@ -235,7 +235,7 @@ def test_compare_runs_laom_labels_and_its_latents_feed_latent_bc(tmp_path):
                             methods={"laom-labels": tiny.method})
     config = CompareConfig(methods="laom-labels", seeds=1, eval_every=2, probe_samples=60, laom=laom)
     out = tmp_path / "run"
-    metrics = run_job(Job("laom-labels", 0, data, str(out), config, expert_return=None))
+    metrics = run_job(Job("laom-labels", 0, data, str(out), config, expert=None))
     assert metrics["updates"] == 3 and metrics["config"]["method"]["labels"] is True
     assert (out / "metrics.json").is_file() and (out / "checkpoint.pt").is_file()
     assert set(compare.SCALARS) <= set(metrics)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.cli import ConfigError
 from common.codec import Chunk
+from common.config import validate
 from common.metrics import Metrics
 from conftest import synthetic_chunk
 from segmenter.backends.oracle import OracleBackend
@@ -70,8 +72,8 @@ def test_dropout_replaces_whole_masks_by_all_ones_at_the_configured_rate():
     served, dropped = Imperfection(ImperfectionConfig(mask_dropout=0.25), seed=0).apply(masks)
     assert 0.2 < dropped.mean() < 0.3
     assert served[dropped].all() and not served[~dropped].any()
-    with pytest.raises(ValueError):
-        ImperfectionConfig(mask_dropout=1.5)
+    with pytest.raises(ConfigError, match="mask-dropout"):  # refused where the command line is parsed
+        validate(ImperfectionConfig(mask_dropout=1.5))
 
 
 def test_iou_per_frame_counts_two_empty_masks_as_agreement():

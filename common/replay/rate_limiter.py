@@ -30,9 +30,9 @@ from common.replay.client import ReplayClient, ReplayStats
 class RateLimiterConfig:
     """How many times each inserted step should be sampled, and how loosely."""
 
-    samples_per_insert: float = field(default=8.0, metadata={"help": "target sampled/inserted steps; 0 = no ratio limit"})
+    samples_per_insert: float = field(default=4.0, metadata={"help": "target sampled/inserted steps; 0 = no ratio limit"})
     min_ready_steps: int = field(default=1_000, metadata={"help": "ready steps before the learner may sample"})
-    error_buffer: float = field(default=20_000.0, metadata={"help": "slack of the ratio band, in sampled steps"})
+    error_buffer: float = field(default=10_000.0, metadata={"help": "slack of the ratio band, in sampled steps"})
     max_unsegmented_chunks: int = field(default=256, metadata={
         "help": "actors wait while this many chunks wait for the segmenter (below the replay's capacity, so "
                 "that no chunk is evicted before it is segmented)"})
